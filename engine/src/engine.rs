@@ -1,0 +1,249 @@
+//! The engine's client side: start, signal and query workflows. Any process with the registry
+//! and a store can do this; no worker is involved.
+
+use crate::driver::Draft;
+use crate::journal::{
+    ActivityAttempt, Cause, Event, EventKind, Pending, Status, WaitingOn, WorkerRecord,
+    WorkflowRecord,
+};
+use crate::registry::Registry;
+use crate::signal::SignalName;
+use crate::store::{ListFilter, NewWorkflow, Store, StoreError};
+use crate::workflow::{WorkflowError, signal_value};
+use crate::{EngineError, Result, WorkflowId};
+use serde::Serialize;
+use std::sync::Arc;
+
+/// Starts, signals and queries workflows.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    store: Arc<dyn Store>,
+    registry: Registry,
+}
+
+/// Result of [`Engine::start`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Started {
+    pub id: WorkflowId,
+    /// False when a workflow with the same (type, key) already existed; `id` is that one's.
+    pub created: bool,
+}
+
+/// Result of [`Engine::signal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SignalAccepted {
+    /// Position of the signal in the workflow's inbox.
+    pub seq: i64,
+}
+
+/// A workflow's snapshot with what it waits on.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowDetail {
+    #[serde(flatten)]
+    pub record: WorkflowRecord,
+    pub waiting_on: WaitingOn,
+}
+
+/// Filters of [`Engine::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<Status>,
+    pub workflow_type: Option<String>,
+    /// Page size; clamped to 1..=500, default 50.
+    pub limit: Option<i64>,
+    /// The last id of the previous page.
+    pub cursor: Option<WorkflowId>,
+}
+
+impl Engine {
+    /// An engine over `store` knowing the types in `registry`.
+    pub fn new(store: Arc<dyn Store>, registry: Registry) -> Self {
+        Self { store, registry }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Starts a workflow, idempotently by (type, key): a second start with the same key returns
+    /// the first workflow's id with `created: false`. The input is validated and the first
+    /// transition computed before anything is written.
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownWorkflowType`], [`EngineError::InvalidInput`], or a store error.
+    pub async fn start(
+        &self,
+        workflow_type: &str,
+        key: Option<String>,
+        input: serde_json::Value,
+    ) -> Result<Started> {
+        let workflow = self
+            .registry
+            .get_workflow(workflow_type)
+            .ok_or_else(|| EngineError::UnknownWorkflowType(workflow_type.to_owned()))?;
+        let invalid = |message: String| EngineError::InvalidInput {
+            workflow_type: workflow_type.to_owned(),
+            message,
+        };
+        workflow.decode_input(&input).map_err(invalid)?;
+        let transition = workflow.start(input.clone()).map_err(invalid)?;
+
+        let id = WorkflowId::new();
+        let now = chrono::Utc::now();
+        let mut draft = Draft::new(id);
+        draft.events.push(EventKind::Started {
+            workflow_type: workflow_type.to_owned(),
+            key: key.clone(),
+            input: input.clone(),
+        });
+        draft.apply(
+            &self.registry,
+            Cause::Start,
+            Ok::<_, WorkflowError>(transition),
+            now,
+        );
+        let run_at = match &draft.pending {
+            Pending::Activity(_) => Some(now),
+            Pending::Timer { due_at } => Some(*due_at),
+            Pending::Signal | Pending::Nothing => None,
+        };
+        let created = self
+            .store
+            .create_workflow(NewWorkflow {
+                id,
+                workflow_type: workflow_type.to_owned(),
+                key,
+                input,
+                status: draft.status,
+                state: draft.state,
+                pending: draft.pending,
+                output: draft.output,
+                error: draft.error,
+                next_call_seq: draft.next_call_seq,
+                run_at,
+                events: draft.events,
+            })
+            .await?;
+        Ok(Started {
+            id: created.id,
+            created: created.created,
+        })
+    }
+
+    /// Sends a signal: `pause`, `resume`, `cancel`, or one of the workflow's custom signals.
+    /// Accepted signals are durable and applied in order at the next transition boundary.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`], [`EngineError::Finished`], [`EngineError::InvalidSignal`].
+    pub async fn signal(
+        &self,
+        id: WorkflowId,
+        name: &str,
+        payload: serde_json::Value,
+    ) -> Result<SignalAccepted> {
+        if name.is_empty() || name.len() > 128 {
+            return Err(EngineError::InvalidSignal(
+                "signal name must be 1 to 128 characters".into(),
+            ));
+        }
+        let record = self.get(id).await?;
+        if record.status.is_terminal() {
+            return Err(EngineError::Finished {
+                id,
+                status: record.status,
+            });
+        }
+        if let SignalName::Custom(name) = SignalName::parse(name) {
+            let workflow = self
+                .registry
+                .get_workflow(&record.workflow_type)
+                .ok_or_else(|| EngineError::UnknownWorkflowType(record.workflow_type.clone()))?;
+            workflow
+                .check_signal(&signal_value(&name, &payload))
+                .map_err(|e| {
+                    EngineError::InvalidSignal(format!(
+                        "`{name}` for `{}`: {e}",
+                        record.workflow_type
+                    ))
+                })?;
+        }
+        match self.store.send_signal(id, name, &payload).await {
+            Ok(seq) => Ok(SignalAccepted { seq }),
+            Err(StoreError::NotFound(id)) => Err(EngineError::NotFound(id)),
+            Err(StoreError::Finished(id, status)) => Err(EngineError::Finished { id, status }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The snapshot of a workflow.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`] or a store error.
+    pub async fn get(&self, id: WorkflowId) -> Result<WorkflowRecord> {
+        self.store
+            .get_workflow(id)
+            .await?
+            .ok_or(EngineError::NotFound(id))
+    }
+
+    /// The snapshot with what the workflow waits on.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`] or a store error.
+    pub async fn detail(&self, id: WorkflowId) -> Result<WorkflowDetail> {
+        let record = self.get(id).await?;
+        let waiting_on = record.waiting_on();
+        Ok(WorkflowDetail { record, waiting_on })
+    }
+
+    /// Workflows, newest first.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn list(&self, query: ListQuery) -> Result<Vec<WorkflowRecord>> {
+        let filter = ListFilter {
+            status: query.status,
+            workflow_type: query.workflow_type,
+            limit: query.limit.unwrap_or(50).clamp(1, 500),
+            cursor: query.cursor,
+        };
+        Ok(self.store.list_workflows(&filter).await?)
+    }
+
+    /// The journal of a workflow after `after_seq`, oldest first.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`] or a store error.
+    pub async fn history(&self, id: WorkflowId, after_seq: i64, limit: i64) -> Result<Vec<Event>> {
+        let events = self
+            .store
+            .history(id, after_seq, limit.clamp(1, 10_000))
+            .await?;
+        if events.is_empty() && self.store.get_workflow(id).await?.is_none() {
+            return Err(EngineError::NotFound(id));
+        }
+        Ok(events)
+    }
+
+    /// Every activity attempt of a workflow.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn attempts(&self, id: WorkflowId) -> Result<Vec<ActivityAttempt>> {
+        Ok(self.store.attempts(id).await?)
+    }
+
+    /// The worker registry.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn workers(&self) -> Result<Vec<WorkerRecord>> {
+        Ok(self.store.workers().await?)
+    }
+}

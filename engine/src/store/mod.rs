@@ -1,0 +1,264 @@
+//! The storage boundary. The runtime talks to the journal only through [`Store`], so a second
+//! backend can be added without touching the worker or the engine.
+//!
+//! Contract every backend keeps:
+//! - a [`StepCommit`] is one transaction, applied only if the lease owner, lease epoch and
+//!   version still match (else [`StoreError::Fenced`]);
+//! - events get gapless sequence numbers equal to the version they produce;
+//! - a claim increments the lease epoch and uses the database clock;
+//! - an accepted signal is durable before `send_signal` returns.
+
+mod postgres;
+
+pub use postgres::PgStore;
+
+use crate::activity::ActivityError;
+use crate::journal::{
+    ActivityAttempt, Event, EventKind, Pending, Status, WorkerRecord, WorkflowRecord,
+};
+use crate::workflow::WorkflowError;
+use crate::{AttemptOutcome, WorkerId, WorkflowId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::fmt::Debug;
+use std::time::Duration;
+
+/// Errors of a storage backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or is unreachable.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The lease was taken over or the version moved: this writer must stop.
+    #[error("commit refused: lease epoch or version no longer matches (fenced)")]
+    Fenced,
+    /// No workflow with that id.
+    #[error("workflow {0} not found")]
+    NotFound(WorkflowId),
+    /// The workflow already finished.
+    #[error("workflow {0} is already {1}")]
+    Finished(WorkflowId, Status),
+    /// A stored value could not be decoded.
+    #[error("corrupt journal data: {0}")]
+    Corrupt(String),
+}
+
+/// A workflow to create, with its first events.
+#[derive(Debug, Clone)]
+pub struct NewWorkflow {
+    pub id: WorkflowId,
+    pub workflow_type: String,
+    pub key: Option<String>,
+    pub input: serde_json::Value,
+    pub status: Status,
+    pub state: serde_json::Value,
+    pub pending: Pending,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<WorkflowError>,
+    pub next_call_seq: i64,
+    /// When a worker should first look at it; `None` = only on a signal.
+    pub run_at: Option<DateTime<Utc>>,
+    pub events: Vec<EventKind>,
+}
+
+/// Result of [`Store::create_workflow`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    pub id: WorkflowId,
+    /// False when a workflow with the same (type, key) already existed.
+    pub created: bool,
+}
+
+/// A workflow leased to a worker.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub record: WorkflowRecord,
+    pub next_call_seq: i64,
+    pub signal_seq: i64,
+    pub signal_seen: i64,
+    /// The previous lease holder when its lease had expired (a recovery).
+    pub recovered_from: Option<WorkerId>,
+    pub db_now: DateTime<Utc>,
+}
+
+/// A signal in the inbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSignal {
+    pub seq: i64,
+    pub name: String,
+    pub payload: serde_json::Value,
+}
+
+/// An activity attempt to journal.
+#[derive(Debug, Clone)]
+pub struct NewAttempt {
+    pub call_seq: i64,
+    pub attempt: u32,
+    pub activity_name: String,
+    pub worker_id: Option<WorkerId>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<ActivityError>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub duration_ms: Option<i64>,
+}
+
+/// What happens to the lease after a commit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LeaseAfter {
+    /// Keep it (extended by the TTL): the worker goes on driving the workflow.
+    Keep,
+    /// Release it; a worker should look again at `run_at` (`None`: only on a signal).
+    Release { run_at: Option<DateTime<Utc>> },
+}
+
+/// One fenced transition: the new snapshot, the events, attempts and consumed signals.
+#[derive(Debug, Clone)]
+pub struct StepCommit {
+    pub id: WorkflowId,
+    pub worker: WorkerId,
+    pub epoch: i64,
+    pub expected_version: i64,
+    pub status: Status,
+    pub state: serde_json::Value,
+    pub pending: Pending,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<WorkflowError>,
+    pub next_call_seq: i64,
+    pub cancel_requested: bool,
+    pub events: Vec<EventKind>,
+    pub attempts: Vec<NewAttempt>,
+    /// Signals applied or discarded by this step.
+    pub consumed_signals: Vec<i64>,
+    /// The newest signal seq the worker has read.
+    pub signal_seen: i64,
+    pub lease: LeaseAfter,
+    pub lease_ttl: Duration,
+    /// A new activity call was scheduled: forget the previous call's heartbeat details.
+    pub clear_heartbeat: bool,
+}
+
+/// Result of a successful commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    pub version: i64,
+    /// The newest signal seq at commit time (more than `signal_seen`: new signals arrived).
+    pub signal_seq: i64,
+    pub db_now: DateTime<Utc>,
+}
+
+/// A lease to renew, with heartbeat details to persist.
+#[derive(Debug, Clone)]
+pub struct LeaseRenewal {
+    pub id: WorkflowId,
+    pub epoch: i64,
+    pub heartbeat_details: Option<serde_json::Value>,
+}
+
+/// A renewed lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Renewed {
+    pub id: WorkflowId,
+    /// An unapplied `cancel` signal is waiting.
+    pub cancel_pending: bool,
+}
+
+/// A worker process to register.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub id: WorkerId,
+    pub host: String,
+    pub pid: i32,
+    pub slots: i32,
+    pub lease_ttl: Duration,
+}
+
+/// Filters of [`Store::list_workflows`]; newest first, `cursor` is the last id of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<Status>,
+    pub workflow_type: Option<String>,
+    pub limit: i64,
+    pub cursor: Option<WorkflowId>,
+}
+
+/// A wake-up hint; never the only trigger (notifications can be lost on reconnect).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wake {
+    /// New work may be due.
+    Work,
+    /// A signal was sent to a workflow.
+    Signal { id: WorkflowId, name: String },
+    /// The listener reconnected; hints may have been missed.
+    Reconnected,
+}
+
+/// A stream of wake-up hints.
+#[async_trait]
+pub trait WakeListener: Send {
+    /// The next hint.
+    ///
+    /// # Errors
+    /// When the connection fails and cannot be re-established right now.
+    async fn recv(&mut self) -> Result<Wake, StoreError>;
+}
+
+/// The journal, as the runtime sees it.
+#[async_trait]
+pub trait Store: Send + Sync + Debug + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Creates a workflow, or returns the existing one with the same (type, key).
+    async fn create_workflow(&self, new: NewWorkflow) -> Result<Created, StoreError>;
+    async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, StoreError>;
+    async fn list_workflows(&self, filter: &ListFilter) -> Result<Vec<WorkflowRecord>, StoreError>;
+    /// Events with seq greater than `after_seq`, oldest first, at most `limit`.
+    async fn history(
+        &self,
+        id: WorkflowId,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError>;
+    async fn attempts(&self, id: WorkflowId) -> Result<Vec<ActivityAttempt>, StoreError>;
+    /// Appends a signal to the inbox and wakes the workflow; returns the signal's seq.
+    async fn send_signal(
+        &self,
+        id: WorkflowId,
+        name: &str,
+        payload: &serde_json::Value,
+    ) -> Result<i64, StoreError>;
+    /// Leases up to `limit` due workflows to `worker`.
+    async fn claim(
+        &self,
+        worker: WorkerId,
+        limit: usize,
+        lease_ttl: Duration,
+    ) -> Result<Vec<Claimed>, StoreError>;
+    /// Unconsumed signals of a workflow, in order.
+    async fn unconsumed_signals(&self, id: WorkflowId) -> Result<Vec<StoredSignal>, StoreError>;
+    /// Applies one fenced transition.
+    async fn commit(&self, commit: StepCommit) -> Result<Committed, StoreError>;
+    /// Extends the leases `worker` still holds; returns those it still holds.
+    async fn renew_leases(
+        &self,
+        worker: WorkerId,
+        lease_ttl: Duration,
+        leases: &[LeaseRenewal],
+    ) -> Result<Vec<Renewed>, StoreError>;
+    /// Gives leases back without a transition (shutdown), so other workers resume at once.
+    async fn release_leases(
+        &self,
+        worker: WorkerId,
+        leases: &[(WorkflowId, i64)],
+    ) -> Result<(), StoreError>;
+    async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError>;
+    async fn worker_heartbeat(&self, worker: WorkerId, slots_used: i32) -> Result<(), StoreError>;
+    async fn worker_stopped(&self, worker: WorkerId) -> Result<(), StoreError>;
+    async fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
+    /// Subscribes to wake-up hints.
+    async fn listen(&self) -> Result<Box<dyn WakeListener>, StoreError>;
+}

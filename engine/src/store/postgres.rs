@@ -1,0 +1,605 @@
+//! The PostgreSQL journal: the production backend.
+
+use super::{
+    Claimed, Committed, Created, LeaseAfter, LeaseRenewal, ListFilter, NewWorkflow, Renewed,
+    StepCommit, Store, StoreError, StoredSignal, Wake, WakeListener, WorkerInfo,
+};
+use crate::journal::{ActivityAttempt, Event, EventKind, Status, WorkerRecord, WorkflowRecord};
+use crate::{WorkerId, WorkflowId};
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use sqlx::Row;
+use sqlx::postgres::{PgListener, PgPool, PgRow};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Channel for "a signal was sent" hints; payload `"<workflow id> <signal name>"`.
+const SIGNAL_CHANNEL: &str = "kodomasu_signal";
+/// Channel for "new work is due" hints.
+const WAKE_CHANNEL: &str = "kodomasu_wake";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The journal on PostgreSQL, in schema `kodomasu`.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// A store over an existing pool.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool (for tests and tools that read the journal directly).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn json<T: DeserializeOwned>(row: &PgRow, col: &str) -> Result<T, StoreError> {
+    let v: serde_json::Value = row.try_get(col)?;
+    serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+fn opt_json<T: DeserializeOwned>(row: &PgRow, col: &str) -> Result<Option<T>, StoreError> {
+    let v: Option<serde_json::Value> = row.try_get(col)?;
+    v.map(|v| serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("{col}: {e}"))))
+        .transpose()
+}
+
+fn status(row: &PgRow) -> Result<Status, StoreError> {
+    let s: String = row.try_get("status")?;
+    Status::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("unknown status `{s}`")))
+}
+
+fn record(row: &PgRow) -> Result<WorkflowRecord, StoreError> {
+    Ok(WorkflowRecord {
+        id: row.try_get("id")?,
+        workflow_type: row.try_get("workflow_type")?,
+        key: row.try_get("key")?,
+        status: status(row)?,
+        input: row.try_get("input")?,
+        state: row.try_get("state")?,
+        pending: json(row, "pending")?,
+        output: row.try_get("output")?,
+        error: opt_json(row, "error")?,
+        version: row.try_get("version")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        run_at: row.try_get("run_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_epoch: row.try_get("lease_epoch")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        heartbeat_details: row.try_get("heartbeat_details")?,
+        signals_unconsumed: row.try_get("signals_unconsumed")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
+    serde_json::to_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+async fn insert_events(
+    conn: &mut sqlx::PgConnection,
+    id: WorkflowId,
+    first_seq: i64,
+    events: &[EventKind],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<i64> = (0..events.len() as i64).map(|i| first_seq + i).collect();
+    let kinds: Vec<&str> = events.iter().map(EventKind::name).collect();
+    let payloads = events.iter().map(to_json).collect::<Result<Vec<_>, _>>()?;
+    sqlx::query(
+        "insert into kodomasu.events (workflow_id, seq, kind, payload)
+         select $1, s, k, p from unnest($2::bigint[], $3::text[], $4::jsonb[]) as t(s, k, p)",
+    )
+    .bind(id)
+    .bind(&seqs)
+    .bind(&kinds)
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_workflow(&self, new: NewWorkflow) -> Result<Created, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted: Option<WorkflowId> = sqlx::query_scalar(
+            "insert into kodomasu.workflows
+               (id, workflow_type, key, status, input, state, pending, output, error, version, next_call_seq,
+                run_at, finished_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                     case when $13 then now() end)
+             on conflict (workflow_type, key) do nothing
+             returning id",
+        )
+        .bind(new.id)
+        .bind(&new.workflow_type)
+        .bind(&new.key)
+        .bind(new.status.as_str())
+        .bind(&new.input)
+        .bind(&new.state)
+        .bind(to_json(&new.pending)?)
+        .bind(&new.output)
+        .bind(new.error.as_ref().map(to_json).transpose()?)
+        .bind(new.events.len() as i64)
+        .bind(new.next_call_seq)
+        .bind(new.run_at)
+        .bind(new.status.is_terminal())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = inserted else {
+            tx.rollback().await?;
+            let id: WorkflowId = sqlx::query_scalar(
+                "select id from kodomasu.workflows where workflow_type = $1 and key = $2",
+            )
+            .bind(&new.workflow_type)
+            .bind(&new.key)
+            .fetch_one(&self.pool)
+            .await?;
+            return Ok(Created { id, created: false });
+        };
+        insert_events(&mut tx, id, 1, &new.events).await?;
+        if new.run_at.is_some() {
+            sqlx::query("select pg_notify($1, '')")
+                .bind(WAKE_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Created { id, created: true })
+    }
+
+    async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, StoreError> {
+        let row = sqlx::query("select * from kodomasu.workflows where id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(record).transpose()
+    }
+
+    async fn list_workflows(&self, filter: &ListFilter) -> Result<Vec<WorkflowRecord>, StoreError> {
+        let rows = sqlx::query(
+            "select * from kodomasu.workflows
+             where ($1::text is null or status = $1)
+               and ($2::text is null or workflow_type = $2)
+               and ($3::uuid is null or id < $3)
+             order by id desc
+             limit $4",
+        )
+        .bind(filter.status.map(Status::as_str))
+        .bind(&filter.workflow_type)
+        .bind(filter.cursor)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record).collect()
+    }
+
+    async fn history(
+        &self,
+        id: WorkflowId,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(
+            "select seq, payload, created_at from kodomasu.events
+             where workflow_id = $1 and seq > $2 order by seq limit $3",
+        )
+        .bind(id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Event {
+                    seq: r.try_get("seq")?,
+                    created_at: r.try_get("created_at")?,
+                    kind: json(r, "payload")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn attempts(&self, id: WorkflowId) -> Result<Vec<ActivityAttempt>, StoreError> {
+        let rows = sqlx::query(
+            "select * from kodomasu.activity_attempts where workflow_id = $1 order by call_seq, attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ActivityAttempt {
+                    call_seq: r.try_get("call_seq")?,
+                    attempt: r.try_get::<i32, _>("attempt")? as u32,
+                    activity_name: r.try_get("activity_name")?,
+                    worker_id: r.try_get("worker_id")?,
+                    outcome: r.try_get("outcome")?,
+                    error: opt_json(r, "error")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                    duration_ms: r.try_get("duration_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn send_signal(
+        &self,
+        id: WorkflowId,
+        name: &str,
+        payload: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("select status from kodomasu.workflows where id = $1 for update")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(id));
+        };
+        let current = status(&row)?;
+        if current.is_terminal() {
+            return Err(StoreError::Finished(id, current));
+        }
+        // An unleased workflow becomes due now; a leased one is told by its holder's next commit.
+        let seq: i64 = sqlx::query_scalar(
+            "update kodomasu.workflows
+             set signal_seq = signal_seq + 1, signals_unconsumed = signals_unconsumed + 1,
+                 run_at = case when lease_owner is null then now() else run_at end,
+                 updated_at = now()
+             where id = $1 returning signal_seq",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query("insert into kodomasu.signals (workflow_id, seq, name, payload) values ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(seq)
+            .bind(name)
+            .bind(payload)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(SIGNAL_CHANNEL)
+            .bind(format!("{id} {name}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(seq)
+    }
+
+    async fn claim(
+        &self,
+        worker: WorkerId,
+        limit: usize,
+        lease_ttl: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let rows = sqlx::query(
+            "with due as (
+                select id, lease_owner as prev_owner from kodomasu.workflows
+                where run_at <= now() and (lease_owner is null or lease_expires_at < now())
+                order by run_at
+                limit $2
+                for update skip locked
+             )
+             update kodomasu.workflows w
+             set lease_owner = $1, lease_epoch = w.lease_epoch + 1,
+                 lease_expires_at = now() + make_interval(secs => $3)
+             from due where w.id = due.id
+             returning w.*, due.prev_owner, now() as db_now",
+        )
+        .bind(worker)
+        .bind(limit as i64)
+        .bind(lease_ttl.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Claimed {
+                    record: record(r)?,
+                    next_call_seq: r.try_get("next_call_seq")?,
+                    signal_seq: r.try_get("signal_seq")?,
+                    signal_seen: r.try_get("signal_seen")?,
+                    recovered_from: r.try_get("prev_owner")?,
+                    db_now: r.try_get("db_now")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn unconsumed_signals(&self, id: WorkflowId) -> Result<Vec<StoredSignal>, StoreError> {
+        let rows = sqlx::query(
+            "select seq, name, payload from kodomasu.signals
+             where workflow_id = $1 and consumed_at is null order by seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredSignal {
+                    seq: r.try_get("seq")?,
+                    name: r.try_get("name")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn commit(&self, c: StepCommit) -> Result<Committed, StoreError> {
+        let new_version = c.expected_version + c.events.len() as i64;
+        let (release, run_at) = match c.lease {
+            LeaseAfter::Keep => (false, None),
+            LeaseAfter::Release { run_at } => (true, run_at),
+        };
+        let mut tx = self.pool.begin().await?;
+        // The fence: nothing is written unless this worker still holds the lease at this epoch
+        // and nobody else moved the version.
+        let row = sqlx::query(
+            "update kodomasu.workflows set
+                status = $5, state = $6, pending = $7, output = $8, error = $9, version = $10,
+                next_call_seq = $11, cancel_requested = $12,
+                signal_seen = $13, signals_unconsumed = signals_unconsumed - $14,
+                lease_owner = case when $15 then null else lease_owner end,
+                lease_expires_at = case when $15 then null else now() + make_interval(secs => $16) end,
+                run_at = case when not $15 then now()
+                              when signal_seq > $13 then now()
+                              else $17 end,
+                heartbeat_details = case when $18 then null else heartbeat_details end,
+                heartbeat_at = case when $18 then null else heartbeat_at end,
+                finished_at = case when $19 then coalesce(finished_at, now()) end,
+                updated_at = now()
+             where id = $1 and lease_owner = $2 and lease_epoch = $3 and version = $4
+             returning signal_seq, now() as db_now",
+        )
+        .bind(c.id)
+        .bind(c.worker)
+        .bind(c.epoch)
+        .bind(c.expected_version)
+        .bind(c.status.as_str())
+        .bind(&c.state)
+        .bind(to_json(&c.pending)?)
+        .bind(&c.output)
+        .bind(c.error.as_ref().map(to_json).transpose()?)
+        .bind(new_version)
+        .bind(c.next_call_seq)
+        .bind(c.cancel_requested)
+        .bind(c.signal_seen)
+        .bind(c.consumed_signals.len() as i64)
+        .bind(release)
+        .bind(c.lease_ttl.as_secs_f64())
+        .bind(run_at)
+        .bind(c.clear_heartbeat)
+        .bind(c.status.is_terminal())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::Fenced);
+        };
+        insert_events(&mut tx, c.id, c.expected_version + 1, &c.events).await?;
+        for a in &c.attempts {
+            sqlx::query(
+                "insert into kodomasu.activity_attempts
+                   (workflow_id, call_seq, attempt, activity_name, worker_id, outcome, error, started_at, duration_ms)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(c.id)
+            .bind(a.call_seq)
+            .bind(a.attempt as i32)
+            .bind(&a.activity_name)
+            .bind(a.worker_id)
+            .bind(a.outcome.as_str())
+            .bind(a.error.as_ref().map(to_json).transpose()?)
+            .bind(a.started_at)
+            .bind(a.duration_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !c.consumed_signals.is_empty() {
+            sqlx::query(
+                "update kodomasu.signals set consumed_at = now(), consumed_in = $3
+                 where workflow_id = $1 and seq = any($2) and consumed_at is null",
+            )
+            .bind(c.id)
+            .bind(&c.consumed_signals)
+            .bind(new_version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Committed {
+            version: new_version,
+            signal_seq: row.try_get("signal_seq")?,
+            db_now: row.try_get("db_now")?,
+        })
+    }
+
+    async fn renew_leases(
+        &self,
+        worker: WorkerId,
+        lease_ttl: Duration,
+        leases: &[LeaseRenewal],
+    ) -> Result<Vec<Renewed>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.id.0).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
+        let details: serde_json::Map<String, serde_json::Value> = leases
+            .iter()
+            .filter_map(|l| l.heartbeat_details.clone().map(|d| (l.id.to_string(), d)))
+            .collect();
+        let rows = sqlx::query(
+            "update kodomasu.workflows w
+             set lease_expires_at = now() + make_interval(secs => $2),
+                 heartbeat_details = coalesce($5::jsonb -> w.id::text, w.heartbeat_details),
+                 heartbeat_at = case when $5::jsonb ? w.id::text then now() else w.heartbeat_at end
+             from unnest($3::uuid[], $4::bigint[]) as l(id, epoch)
+             where w.id = l.id and w.lease_owner = $1 and w.lease_epoch = l.epoch
+             returning w.id, exists (
+                select 1 from kodomasu.signals s
+                where s.workflow_id = w.id and s.consumed_at is null and s.name = 'cancel'
+             ) and not w.cancel_requested as cancel_pending",
+        )
+        .bind(worker)
+        .bind(lease_ttl.as_secs_f64())
+        .bind(&ids)
+        .bind(&epochs)
+        .bind(serde_json::Value::Object(details))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Renewed {
+                    id: r.try_get("id")?,
+                    cancel_pending: r.try_get("cancel_pending")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn release_leases(
+        &self,
+        worker: WorkerId,
+        leases: &[(WorkflowId, i64)],
+    ) -> Result<(), StoreError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.0.0).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.1).collect();
+        sqlx::query(
+            "update kodomasu.workflows w set lease_owner = null, lease_expires_at = null
+             from unnest($2::uuid[], $3::bigint[]) as l(id, epoch)
+             where w.id = l.id and w.lease_owner = $1 and w.lease_epoch = l.epoch",
+        )
+        .bind(worker)
+        .bind(&ids)
+        .bind(&epochs)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("select pg_notify($1, '')")
+            .bind(WAKE_CHANNEL)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into kodomasu.workers (id, host, pid, slots, lease_ttl_ms) values ($1, $2, $3, $4, $5)",
+        )
+        .bind(info.id)
+        .bind(&info.host)
+        .bind(info.pid)
+        .bind(info.slots)
+        .bind(info.lease_ttl.as_millis() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn worker_heartbeat(&self, worker: WorkerId, slots_used: i32) -> Result<(), StoreError> {
+        sqlx::query(
+            "update kodomasu.workers set heartbeat_at = now(), slots_used = $2 where id = $1",
+        )
+        .bind(worker)
+        .bind(slots_used)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn worker_stopped(&self, worker: WorkerId) -> Result<(), StoreError> {
+        sqlx::query("update kodomasu.workers set stopped_at = now(), slots_used = 0 where id = $1")
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        let rows = sqlx::query(
+            "select *, (stopped_at is null and heartbeat_at + make_interval(secs => lease_ttl_ms / 1000.0) > now()) as alive
+             from kodomasu.workers order by started_at desc limit 500",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WorkerRecord {
+                    id: r.try_get("id")?,
+                    host: r.try_get("host")?,
+                    pid: r.try_get("pid")?,
+                    slots: r.try_get("slots")?,
+                    slots_used: r.try_get("slots_used")?,
+                    lease_ttl_ms: r.try_get("lease_ttl_ms")?,
+                    started_at: r.try_get("started_at")?,
+                    heartbeat_at: r.try_get("heartbeat_at")?,
+                    stopped_at: r.try_get("stopped_at")?,
+                    alive: r.try_get("alive")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn listen(&self) -> Result<Box<dyn WakeListener>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen_all([WAKE_CHANNEL, SIGNAL_CHANNEL]).await?;
+        Ok(Box::new(PgWakeListener {
+            listener,
+            connected: true,
+        }))
+    }
+}
+
+struct PgWakeListener {
+    listener: PgListener,
+    connected: bool,
+}
+
+#[async_trait]
+impl WakeListener for PgWakeListener {
+    async fn recv(&mut self) -> Result<Wake, StoreError> {
+        // `try_recv` returns None when the connection dropped; the next call reconnects.
+        match self.listener.try_recv().await? {
+            None => {
+                self.connected = false;
+                Ok(Wake::Reconnected)
+            }
+            Some(n) => {
+                self.connected = true;
+                if n.channel() == SIGNAL_CHANNEL {
+                    let mut parts = n.payload().splitn(2, ' ');
+                    let id = parts.next().and_then(|s| WorkflowId::parse(s).ok());
+                    let name = parts.next().unwrap_or_default().to_owned();
+                    if let Some(id) = id {
+                        return Ok(Wake::Signal { id, name });
+                    }
+                }
+                Ok(Wake::Work)
+            }
+        }
+    }
+}

@@ -1,0 +1,725 @@
+//! The worker pool: claims due workflows in batches, drives each through consecutive steps
+//! without re-claiming it, renews its leases, and drains on shutdown.
+//!
+//! Wake-ups come from LISTEN/NOTIFY hints, from this worker's own timers (retry and timer due
+//! times it just released) and from a slow polling fallback, so an idle worker costs the
+//! database one claim query per poll interval plus one heartbeat per heartbeat interval.
+
+use crate::activity::HeartbeatCell;
+use crate::clock::DbClock;
+use crate::driver::{self, AttemptEnd, AttemptSpec, Draft};
+use crate::journal::{Cause, EventKind, Pending, Status};
+use crate::registry::Registry;
+use crate::store::{
+    Claimed, LeaseAfter, LeaseRenewal, NewAttempt, Store, StoreError, Wake, WorkerInfo,
+};
+use crate::{AttemptOutcome, EngineError, WorkerId, WorkflowError, WorkflowId};
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// Settings of a worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Workflows driven at once.
+    pub slots: usize,
+    /// How long a claim stays valid without renewal. A worker that stops renewing (crash,
+    /// freeze, partition) loses its workflows to other workers after this time.
+    pub lease_ttl: Duration,
+    /// How often leases are renewed and the worker's heartbeat is written.
+    pub heartbeat_interval: Duration,
+    /// Fallback poll for due work when no notification arrives.
+    pub poll_interval: Duration,
+    /// Maximum workflows claimed by one query.
+    pub claim_batch: usize,
+    /// How long shutdown waits for running steps before handing their leases back.
+    pub drain_timeout: Duration,
+    /// Shown in the worker registry.
+    pub host: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            slots: 32,
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(2),
+            claim_batch: 16,
+            drain_timeout: Duration::from_secs(30),
+            host: std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_owned()),
+        }
+    }
+}
+
+/// Tokens of one held workflow.
+#[derive(Debug, Default)]
+pub(crate) struct HeldTokens {
+    /// Fires when a `cancel` signal arrives for the workflow.
+    pub(crate) cancel: CancellationToken,
+    /// Fires when a renewal finds the lease taken over.
+    pub(crate) lease_lost: CancellationToken,
+    /// Fires when the drain deadline passes.
+    pub(crate) abandon: CancellationToken,
+    /// The workflow is already on its cancel path: further cancels do not interrupt it.
+    pub(crate) cancel_requested: std::sync::atomic::AtomicBool,
+}
+
+impl HeldTokens {
+    /// A fresh token for one attempt's body.
+    pub(crate) fn attempt_token(&self) -> CancellationToken {
+        CancellationToken::new()
+    }
+}
+
+#[derive(Debug)]
+struct Held {
+    epoch: i64,
+    tokens: Arc<HeldTokens>,
+    heartbeat: Mutex<Option<Arc<HeartbeatCell>>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    id: WorkerId,
+    store: Arc<dyn Store>,
+    registry: Registry,
+    config: WorkerConfig,
+    clock: DbClock,
+    held: Mutex<HashMap<WorkflowId, Arc<Held>>>,
+    /// Wakes the claim loop.
+    wake: Notify,
+    /// Due times of work this worker released, to wake for without polling.
+    local_wakes: Mutex<BTreeSet<Instant>>,
+    /// Fires when shutdown starts: no new claims, no new activities.
+    stopping: CancellationToken,
+    /// Fires at the drain deadline: in-flight attempts are dropped and leases handed back.
+    abandon: CancellationToken,
+}
+
+/// A pool of workflow slots in this process.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+/// A running worker started with [`Worker::spawn`].
+#[derive(Debug)]
+pub struct WorkerHandle {
+    id: WorkerId,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), EngineError>>,
+}
+
+impl WorkerHandle {
+    /// The worker's id.
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// Graceful shutdown: stop claiming, drain, deregister.
+    ///
+    /// # Errors
+    /// When the worker failed.
+    pub async fn shutdown(self) -> Result<(), EngineError> {
+        self.shutdown.cancel();
+        self.task.await.unwrap_or(Ok(()))
+    }
+
+    /// Stops the worker the way a crash does: nothing is released or written; its leases expire.
+    pub async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+type StepResult<T> = Result<T, StepStop>;
+
+/// Why a drive stopped early.
+#[derive(Debug)]
+enum StepStop {
+    /// The lease was taken over: write nothing more.
+    Fenced,
+    /// Hand the lease back untouched (drain deadline, store failure).
+    Release,
+}
+
+impl Worker {
+    /// A worker over `store` running the types in `registry`.
+    pub fn new(store: Arc<dyn Store>, registry: Registry, config: WorkerConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                id: WorkerId::new(),
+                store,
+                registry,
+                config,
+                clock: DbClock::default(),
+                held: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                local_wakes: Mutex::new(BTreeSet::new()),
+                stopping: CancellationToken::new(),
+                abandon: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// This worker's id, as shown in the registry and in lease owners.
+    pub fn id(&self) -> WorkerId {
+        self.shared.id
+    }
+
+    /// Runs the worker in a background task until [`WorkerHandle::shutdown`].
+    pub fn spawn(self) -> WorkerHandle {
+        let shutdown = CancellationToken::new();
+        let id = self.id();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { self.run(token).await });
+        WorkerHandle { id, shutdown, task }
+    }
+
+    /// Registers the worker and runs its loops until `shutdown` fires, then drains: running
+    /// steps get `drain_timeout` to finish; what misses it is handed back to other workers.
+    ///
+    /// # Errors
+    /// When the worker cannot register with the store.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
+        let s = &self.shared;
+        let info = WorkerInfo {
+            id: s.id,
+            host: s.config.host.clone(),
+            pid: std::process::id() as i32,
+            slots: s.config.slots as i32,
+            lease_ttl: s.config.lease_ttl,
+        };
+        s.store.register_worker(&info).await?;
+        info!(worker.id = %s.id, slots = s.config.slots, lease_ttl = ?s.config.lease_ttl, "worker started");
+
+        let tracker = TaskTracker::new();
+        let mut loops = JoinSet::new();
+        let renew_stop = CancellationToken::new();
+        loops.spawn(self.clone().renew_loop(renew_stop.clone()));
+        loops.spawn(self.clone().listen_loop(s.stopping.clone()));
+        let claim = self.clone().claim_loop(tracker.clone());
+
+        tokio::select! {
+            _ = claim => {},
+            _ = shutdown.cancelled() => {},
+        }
+        s.stopping.cancel();
+        s.wake.notify_one();
+        tracker.close();
+        info!(worker.id = %s.id, running = tracker.len(), "draining");
+        if tokio::time::timeout(s.config.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(worker.id = %s.id, "drain deadline passed; handing remaining workflows back");
+            s.abandon.cancel();
+            tracker.wait().await;
+        }
+        renew_stop.cancel();
+        while loops.join_next().await.is_some() {}
+        if let Err(e) = s.store.worker_stopped(s.id).await {
+            warn!(error.message = %e, "could not mark worker stopped");
+        }
+        info!(worker.id = %s.id, "worker stopped");
+        Ok(())
+    }
+
+    /// Claims and drives due workflows in this task until none is due. For tests and tools
+    /// that step the engine deterministically; needs no background loops.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn run_until_idle(&self) -> Result<usize, EngineError> {
+        let mut driven = 0;
+        loop {
+            let claimed = self
+                .shared
+                .store
+                .claim(
+                    self.shared.id,
+                    self.shared.config.claim_batch,
+                    self.shared.config.lease_ttl,
+                )
+                .await?;
+            if claimed.is_empty() {
+                return Ok(driven);
+            }
+            for c in claimed {
+                self.shared.clock.observe(c.db_now);
+                let held = self.hold(&c);
+                driven += 1;
+                self.drive(c, held).await;
+            }
+        }
+    }
+
+    fn hold(&self, c: &Claimed) -> Arc<Held> {
+        let held = Arc::new(Held {
+            epoch: c.record.lease_epoch,
+            tokens: Arc::new(HeldTokens {
+                abandon: self.shared.abandon.child_token(),
+                cancel_requested: c.record.cancel_requested.into(),
+                ..HeldTokens::default()
+            }),
+            heartbeat: Mutex::new(None),
+        });
+        lock(&self.shared.held).insert(c.record.id, held.clone());
+        held
+    }
+
+    async fn claim_loop(self, tracker: TaskTracker) {
+        let s = &self.shared;
+        let semaphore = Arc::new(Semaphore::new(s.config.slots.max(1)));
+        let mut failures = 0u32;
+        loop {
+            let first = tokio::select! {
+                p = semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = s.stopping.cancelled() => return,
+            };
+            let mut permits = vec![first];
+            while permits.len() < s.config.claim_batch.max(1) {
+                match semaphore.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let wanted = permits.len();
+            let claimed = match s.store.claim(s.id, wanted, s.config.lease_ttl).await {
+                Ok(c) => {
+                    failures = 0;
+                    c
+                }
+                Err(e) => {
+                    failures += 1;
+                    let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                    warn!(error.message = %e, retry_in = ?pause, "claim failed");
+                    drop(permits);
+                    tokio::select! { _ = tokio::time::sleep(pause) => continue, _ = s.stopping.cancelled() => return }
+                }
+            };
+            let got = claimed.len();
+            if let Some(c) = claimed.first() {
+                s.clock.observe(c.db_now);
+            }
+            for (c, permit) in claimed.into_iter().zip(permits.drain(..got)) {
+                let held = self.hold(&c);
+                let worker = self.clone();
+                tracker.spawn(async move {
+                    worker.drive(c, held).await;
+                    drop(permit);
+                });
+            }
+            drop(permits);
+            if got == wanted {
+                continue;
+            }
+            let deadline = self.next_wake();
+            tokio::select! {
+                _ = s.wake.notified() => {},
+                _ = tokio::time::sleep_until(deadline) => {},
+                _ = s.stopping.cancelled() => return,
+            }
+        }
+    }
+
+    /// The earlier of the poll deadline and the next locally known due time.
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let poll = now + self.shared.config.poll_interval;
+        let mut wakes = lock(&self.shared.local_wakes);
+        while wakes.first().is_some_and(|w| *w <= now) {
+            wakes.pop_first();
+        }
+        wakes.first().copied().map_or(poll, |w| w.min(poll))
+    }
+
+    fn wake_at(&self, at: DateTime<Utc>) {
+        let delta = (at - self.shared.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        lock(&self.shared.local_wakes).insert(Instant::now() + delta);
+        self.shared.wake.notify_one();
+    }
+
+    async fn renew_loop(self, stop: CancellationToken) {
+        let s = &self.shared;
+        let mut tick = tokio::time::interval(s.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! { _ = tick.tick() => {}, _ = stop.cancelled() => return }
+            let held: Vec<(WorkflowId, Arc<Held>)> =
+                lock(&s.held).iter().map(|(k, v)| (*k, v.clone())).collect();
+            if let Err(e) = s.store.worker_heartbeat(s.id, held.len() as i32).await {
+                warn!(error.message = %e, "worker heartbeat failed");
+            }
+            if held.is_empty() {
+                continue;
+            }
+            let renewals: Vec<LeaseRenewal> = held
+                .iter()
+                .map(|(id, h)| LeaseRenewal {
+                    id: *id,
+                    epoch: h.epoch,
+                    heartbeat_details: lock(&h.heartbeat).as_ref().and_then(|c| c.take_unsaved()),
+                })
+                .collect();
+            match s
+                .store
+                .renew_leases(s.id, s.config.lease_ttl, &renewals)
+                .await
+            {
+                Ok(renewed) => {
+                    let by_id: HashMap<WorkflowId, bool> =
+                        renewed.iter().map(|r| (r.id, r.cancel_pending)).collect();
+                    for (id, h) in &held {
+                        match by_id.get(id) {
+                            None => {
+                                // Gone from our leases: either finished meanwhile or taken over.
+                                if lock(&s.held).get(id).is_some_and(|cur| Arc::ptr_eq(cur, h)) {
+                                    warn!(workflow.id = %id, "lease lost");
+                                    h.tokens.lease_lost.cancel();
+                                }
+                            }
+                            Some(true) => h.tokens.cancel.cancel(),
+                            Some(false) => {}
+                        }
+                    }
+                }
+                Err(e) => warn!(error.message = %e, "lease renewal failed"),
+            }
+        }
+    }
+
+    async fn listen_loop(self, stop: CancellationToken) {
+        let s = &self.shared;
+        let connect = || async { s.store.listen().await };
+        loop {
+            let listener = tokio::select! {
+                l = connect.retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(10)).without_max_times())
+                    .notify(|e: &StoreError, d| warn!(error.message = %e, retry_in = ?d, "listen failed")) => l,
+                _ = stop.cancelled() => return,
+            };
+            let Ok(mut listener) = listener else { continue };
+            s.wake.notify_one();
+            loop {
+                let hint =
+                    tokio::select! { h = listener.recv() => h, _ = stop.cancelled() => return };
+                match hint {
+                    Ok(Wake::Signal { id, name }) => {
+                        let held = lock(&s.held).get(&id).cloned();
+                        match held {
+                            Some(h)
+                                if name == "cancel"
+                                    && !h.tokens.cancel_requested.load(Ordering::Relaxed) =>
+                            {
+                                h.tokens.cancel.cancel()
+                            }
+                            Some(_) => {}
+                            None => s.wake.notify_one(),
+                        }
+                    }
+                    Ok(Wake::Work | Wake::Reconnected) => s.wake.notify_one(),
+                    Err(e) => {
+                        warn!(error.message = %e, "listener failed; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drives one claimed workflow until it waits, finishes, or the lease is lost.
+    async fn drive(&self, claimed: Claimed, held: Arc<Held>) {
+        let id = claimed.record.id;
+        let span = info_span!("workflow", workflow.id = %id, workflow.type = %claimed.record.workflow_type, lease.epoch = held.epoch);
+        let result = self.drive_steps(claimed, &held).instrument(span).await;
+        lock(&self.shared.held).remove(&id);
+        match result {
+            Ok(()) | Err(StepStop::Fenced) => {}
+            Err(StepStop::Release) => {
+                if let Err(e) = self
+                    .shared
+                    .store
+                    .release_leases(self.shared.id, &[(id, held.epoch)])
+                    .await
+                {
+                    warn!(workflow.id = %id, error.message = %e, "could not release lease; it will expire");
+                }
+            }
+        }
+    }
+
+    async fn commit(&self, draft: &mut Draft, epoch: i64, lease: LeaseAfter) -> StepResult<()> {
+        let s = &self.shared;
+        let commit = draft.take_commit(s.id, epoch, lease, s.config.lease_ttl);
+        let store = s.store.clone();
+        let attempt = || {
+            let c = commit.clone();
+            let store = store.clone();
+            async move { store.commit(c).await }
+        };
+        // A transient database error is retried; if the first try did commit, the retry is
+        // fenced by the version and the lease is given up (another claim resumes from the journal).
+        let result = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_times(4),
+            )
+            .when(|e| matches!(e, StoreError::Database(_)))
+            .await;
+        match result {
+            Ok(done) => {
+                draft.version = done.version;
+                draft.signal_seq = done.signal_seq;
+                s.clock.observe(done.db_now);
+                if let LeaseAfter::Release { run_at } = lease {
+                    if done.signal_seq > draft.signal_seen {
+                        s.wake.notify_one();
+                    } else if let Some(at) = run_at {
+                        self.wake_at(at);
+                    }
+                }
+                Ok(())
+            }
+            Err(StoreError::Fenced) => {
+                warn!("commit fenced: another worker holds this workflow now");
+                Err(StepStop::Fenced)
+            }
+            Err(e) => {
+                warn!(error.message = %e, "commit failed");
+                Err(StepStop::Release)
+            }
+        }
+    }
+
+    async fn drive_steps(&self, claimed: Claimed, held: &Held) -> StepResult<()> {
+        let s = &self.shared;
+        let Some(workflow) = s
+            .registry
+            .get_workflow(&claimed.record.workflow_type)
+            .cloned()
+        else {
+            warn!("workflow type not registered in this worker; handing it back");
+            return Err(StepStop::Release);
+        };
+        let epoch = held.epoch;
+        let mut draft = Draft::from_claimed(&claimed);
+        let mut last_heartbeat = claimed.record.heartbeat_details.clone();
+
+        if let (Some(prev), Pending::Activity(a)) = (claimed.recovered_from, &draft.pending) {
+            // The previous holder died or froze; its attempt may have run. Count it and retry now.
+            info!(previous.worker = %prev, call_seq = a.call_seq, attempt = a.attempt, "recovering expired lease");
+            let error = crate::ActivityError::retryable(
+                "worker.lease_expired",
+                format!("worker {prev} lost its lease"),
+            );
+            draft.events.push(EventKind::ActivityAbandoned {
+                call_seq: a.call_seq,
+                name: a.name.clone(),
+                attempt: a.attempt,
+                worker: Some(prev),
+            });
+            draft.attempts.push(NewAttempt {
+                call_seq: a.call_seq,
+                attempt: a.attempt,
+                activity_name: a.name.clone(),
+                worker_id: Some(prev),
+                outcome: AttemptOutcome::Abandoned,
+                error: Some(error.clone()),
+                started_at: None,
+                duration_ms: None,
+            });
+            let options = s
+                .registry
+                .get_activity(&a.name)
+                .map(|x| x.options())
+                .unwrap_or_default();
+            draft.attempt_failed(
+                &s.registry,
+                workflow.as_ref(),
+                &options,
+                error,
+                true,
+                s.clock.now(),
+            );
+        }
+
+        loop {
+            if draft.should_read_signals() {
+                let signals = s.store.unconsumed_signals(draft.id).await.map_err(|e| {
+                    warn!(error.message = %e, "reading signals failed");
+                    StepStop::Release
+                })?;
+                draft.apply_signals(&s.registry, workflow.as_ref(), &signals, s.clock.now());
+                held.tokens
+                    .cancel_requested
+                    .store(draft.cancel_requested, Ordering::Relaxed);
+            }
+            let now = s.clock.now();
+            if draft.status.is_terminal() || draft.status == Status::Paused {
+                return self
+                    .commit(&mut draft, epoch, LeaseAfter::Release { run_at: None })
+                    .await;
+            }
+            let activity = match &draft.pending {
+                Pending::Nothing => {
+                    let error = WorkflowError::new(
+                        "workflow.invalid_state",
+                        "running workflow has nothing to do",
+                    );
+                    draft.apply(&s.registry, Cause::Timer, Err(error), now);
+                    continue;
+                }
+                Pending::Signal => {
+                    return self
+                        .commit(&mut draft, epoch, LeaseAfter::Release { run_at: None })
+                        .await;
+                }
+                Pending::Timer { due_at } if *due_at > now => {
+                    let run_at = Some(*due_at);
+                    return self
+                        .commit(&mut draft, epoch, LeaseAfter::Release { run_at })
+                        .await;
+                }
+                Pending::Timer { .. } => {
+                    let result = workflow.on_timer(draft.state.clone());
+                    draft.apply(&s.registry, Cause::Timer, result, now);
+                    continue;
+                }
+                Pending::Activity(a) => match a.not_before {
+                    Some(at) if at > now => {
+                        return self
+                            .commit(&mut draft, epoch, LeaseAfter::Release { run_at: Some(at) })
+                            .await;
+                    }
+                    _ => a.clone(),
+                },
+            };
+            if s.stopping.is_cancelled() {
+                // Draining: start nothing new; another worker (or a restart) continues.
+                return self
+                    .commit(&mut draft, epoch, LeaseAfter::Release { run_at: Some(now) })
+                    .await;
+            }
+            let Some(body) = s.registry.get_activity(&activity.name).cloned() else {
+                warn!(activity.name = %activity.name, "activity not registered in this worker; handing it back");
+                if draft.is_dirty() {
+                    self.commit(&mut draft, epoch, LeaseAfter::Keep).await?;
+                }
+                return Err(StepStop::Release);
+            };
+            let options = body.options();
+            let deadline_left = options.schedule_to_close_timeout.map(|d| {
+                let elapsed = (now - activity.scheduled_at)
+                    .to_std()
+                    .unwrap_or(Duration::ZERO);
+                d.saturating_sub(elapsed)
+            });
+            if deadline_left == Some(Duration::ZERO) {
+                let error = crate::ActivityError::non_retryable(
+                    crate::ActivityError::SCHEDULE_TO_CLOSE_TIMEOUT,
+                    "the schedule-to-close deadline passed",
+                );
+                draft.attempt_failed(&s.registry, workflow.as_ref(), &options, error, false, now);
+                continue;
+            }
+            // Everything the attempt depends on must be durable before its body runs.
+            if draft.is_dirty() {
+                self.commit(&mut draft, epoch, LeaseAfter::Keep).await?;
+                if draft.signal_seq > draft.signal_seen {
+                    continue;
+                }
+            }
+            if activity.attempt > 1 || claimed.recovered_from.is_some() {
+                last_heartbeat = s
+                    .store
+                    .get_workflow(draft.id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.heartbeat_details)
+                    .or(last_heartbeat);
+            }
+            let cell = Arc::new(HeartbeatCell::new());
+            *lock(&held.heartbeat) = Some(cell.clone());
+            let started_at = s.clock.now();
+            let started = Instant::now();
+            let span = info_span!("activity", activity.name = %activity.name, call_seq = activity.call_seq, attempt = activity.attempt);
+            let spec = AttemptSpec {
+                workflow_id: draft.id,
+                activity: &activity,
+                options: &options,
+                last_heartbeat_details: last_heartbeat.take(),
+                deadline_left,
+            };
+            let end = driver::run_attempt(spec, body.as_ref(), cell, &held.tokens)
+                .instrument(span)
+                .await;
+            *lock(&held.heartbeat) = None;
+            let duration_ms = started.elapsed().as_millis() as i64;
+            let now = s.clock.now();
+            let mut row = NewAttempt {
+                call_seq: activity.call_seq,
+                attempt: activity.attempt,
+                activity_name: activity.name.clone(),
+                worker_id: Some(s.id),
+                outcome: AttemptOutcome::Completed,
+                error: None,
+                started_at: Some(started_at),
+                duration_ms: Some(duration_ms),
+            };
+            match end {
+                AttemptEnd::Completed(output) => {
+                    debug!(activity.name = %activity.name, duration_ms, "attempt completed");
+                    draft.attempts.push(row);
+                    draft.attempt_completed(&s.registry, workflow.as_ref(), output, now);
+                }
+                AttemptEnd::Failed(error, outcome) => {
+                    debug!(activity.name = %activity.name, error.message = %error, "attempt failed");
+                    row.outcome = outcome;
+                    row.error = Some(error.clone());
+                    draft.attempts.push(row);
+                    draft.attempt_failed(
+                        &s.registry,
+                        workflow.as_ref(),
+                        &options,
+                        error,
+                        false,
+                        now,
+                    );
+                }
+                AttemptEnd::Cancelled => {
+                    row.outcome = AttemptOutcome::Cancelled;
+                    row.error = Some(crate::ActivityError::non_retryable(
+                        crate::ActivityError::CANCELLED,
+                        "workflow cancelled",
+                    ));
+                    draft.attempts.push(row);
+                    // The cancel signal is read and applied at this boundary.
+                    draft.force_signal_read = true;
+                    if let Pending::Activity(a) = &mut draft.pending {
+                        a.attempt += 1;
+                    }
+                }
+                AttemptEnd::LeaseLost => return Err(StepStop::Fenced),
+                AttemptEnd::Abandoned => return Err(StepStop::Release),
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
