@@ -1,0 +1,49 @@
+//! kodomasu's HTTP surface and composition root: the admin API over the engine, health, and
+//! the settings of the `kodomasu` binary.
+
+pub mod error;
+pub mod routes;
+pub mod settings;
+
+use axum::Router;
+use engine::Engine;
+use std::sync::Arc;
+
+pub use error::ApiError;
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(routes::health::router())
+        .nest(
+            "/api/v1",
+            routes::workflows::router().merge(routes::workers::router()),
+        )
+        .fallback(routes::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` fires, then finishes in-flight requests.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
