@@ -1,1 +1,2 @@
-//! Cross-crate integration tests live in `tests/tests/`.
+//! Cross-crate integration tests: real `kodomasu` processes against a real PostgreSQL.
+//! The tests live in `tests/tests/`; run them with `bash scripts/test.sh`.
