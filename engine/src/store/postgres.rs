@@ -355,7 +355,8 @@ impl Store for PgStore {
         };
         let mut tx = self.pool.begin().await?;
         // The fence: nothing is written unless this worker still holds the lease at this epoch
-        // and nobody else moved the version.
+        // and nobody else moved the version. While the lease is kept, `run_at` keeps its value
+        // so a workflow recovered after a crash keeps its place in the queue.
         let row = sqlx::query(
             "update kodomasu.workflows set
                 status = $5, state = $6, pending = $7, output = $8, error = $9, version = $10,
@@ -363,7 +364,7 @@ impl Store for PgStore {
                 signal_seen = $13, signals_unconsumed = signals_unconsumed - $14,
                 lease_owner = case when $15 then null else lease_owner end,
                 lease_expires_at = case when $15 then null else now() + make_interval(secs => $16) end,
-                run_at = case when not $15 then now()
+                run_at = case when not $15 then coalesce(run_at, now())
                               when signal_seq > $13 then now()
                               else $17 end,
                 heartbeat_details = case when $18 then null else heartbeat_details end,
