@@ -1,7 +1,7 @@
 //! Errors at the HTTP edge: a status and a JSON body `{code, message}`.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -88,6 +88,20 @@ impl From<EngineError> for ApiError {
             EngineError::Finished { .. } => {
                 Self::new(StatusCode::CONFLICT, "workflow_finished", e.to_string())
             }
+            // SQLSTATE class 22 (data exception): the request carried data the database
+            // cannot store, e.g. an out-of-range number. The client's fault, nothing written.
+            EngineError::Store(engine::StoreError::Database(db))
+                if db
+                    .as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| c.starts_with("22")) =>
+            {
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_input",
+                    "the request holds a value the database cannot store",
+                )
+            }
             EngineError::Store(engine::StoreError::Database(_)) => {
                 tracing::error!(error.message = %e, "database error");
                 Self::new(
@@ -117,6 +131,13 @@ impl From<JsonRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        // Every path parameter of the API is a workflow id.
+        Self::new(StatusCode::BAD_REQUEST, "invalid_id", r.body_text())
     }
 }
 
@@ -154,6 +175,27 @@ where
     ) -> Result<Self, Self::Rejection> {
         let axum::extract::Query(value) =
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// Path parameters whose rejections (e.g. invalid percent-encoding) answer in our shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    axum::extract::Path<T>: axum::extract::FromRequestParts<S, Rejection = PathRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(value) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))
     }
 }

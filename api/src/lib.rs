@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router {
             routes::workflows::router().merge(routes::workers::router()),
         )
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

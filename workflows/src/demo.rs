@@ -22,7 +22,7 @@ pub fn register(registry: Registry) -> Registry {
 /// Input of `demo.chain`; validated when deserialized, so bad values are refused before the
 /// workflow is written.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "RawChainInput")]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct ChainInput {
     /// Number of steps, 1 to 10 000.
     pub steps: u32,
@@ -42,10 +42,13 @@ struct RawChainInput {
     fail_prob: f64,
 }
 
-impl TryFrom<RawChainInput> for ChainInput {
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for ChainInput {
     type Error = String;
 
-    fn try_from(raw: RawChainInput) -> Result<Self, String> {
+    /// Only a JSON object is accepted (serde would otherwise take an array by position).
+    fn try_from(map: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        let raw: RawChainInput =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| e.to_string())?;
         if !(1..=10_000).contains(&raw.steps) {
             return Err(format!(
                 "steps must be between 1 and 10000, got {}",
@@ -208,6 +211,7 @@ mod tests {
             serde_json::json!({"steps": 3, "fail_prob": 1.0}),
             serde_json::json!({"steps": "3"}),
             serde_json::json!({"steps": 3, "extra": true}),
+            serde_json::json!([3, 0, 0.0]),
         ] {
             assert!(
                 serde_json::from_value::<ChainInput>(bad.clone()).is_err(),

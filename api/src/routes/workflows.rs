@@ -1,8 +1,8 @@
 //! `/api/v1/workflows`: start, list, get, history, attempts and signals.
 
-use crate::error::{ApiJson, ApiQuery};
+use crate::error::{ApiJson, ApiPath, ApiQuery};
 use crate::{ApiError, AppState};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -82,6 +82,18 @@ impl From<WorkflowRecord> for WorkflowView {
     }
 }
 
+/// Whether a JSON value holds U+0000 in a string or an object key. PostgreSQL stores neither
+/// in `text` nor in `jsonb`, so such values are refused here as the client's error instead of
+/// failing in the database (which would answer 503 `database_unavailable`).
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 fn parse_id(raw: &str) -> Result<WorkflowId, ApiError> {
     WorkflowId::parse(raw).map_err(|_| {
         ApiError::new(
@@ -96,14 +108,21 @@ async fn start(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<StartRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if let Some(key) = &req.key {
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_key",
-                format!("key must be 1 to {MAX_KEY_LEN} bytes"),
-            ));
-        }
+    if let Some(key) = &req.key
+        && (key.is_empty() || key.len() > MAX_KEY_LEN || key.contains('\0'))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_key",
+            format!("key must be 1 to {MAX_KEY_LEN} bytes without NUL characters"),
+        ));
+    }
+    if has_nul(&req.input) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            "input must not contain NUL characters",
+        ));
     }
     let started = state
         .engine
@@ -123,7 +142,7 @@ async fn start(
 
 async fn show(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WorkflowView>, ApiError> {
     let id = parse_id(&id)?;
     Ok(Json(state.engine.get(id).await?.into()))
@@ -156,6 +175,13 @@ async fn list(
             })
         })
         .transpose()?;
+    if p.workflow_type.as_deref().is_some_and(|t| t.contains('\0')) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "type must not contain NUL characters",
+        ));
+    }
     let cursor = p.cursor.as_deref().map(parse_id).transpose()?;
     if p.limit.is_some_and(|l| !(1..=500).contains(&l)) {
         return Err(ApiError::new(
@@ -192,7 +218,7 @@ struct HistoryParams {
 
 async fn history(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(p): ApiQuery<HistoryParams>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
@@ -205,7 +231,7 @@ async fn history(
 
 async fn attempts(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     state.engine.get(id).await?;
@@ -223,10 +249,17 @@ struct SignalRequest {
 
 async fn signal(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<SignalRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = parse_id(&id)?;
+    if req.name.contains('\0') || has_nul(&req.payload) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_signal",
+            "signal name and payload must not contain NUL characters",
+        ));
+    }
     let accepted = state.engine.signal(id, &req.name, req.payload).await?;
     Ok((
         StatusCode::ACCEPTED,
