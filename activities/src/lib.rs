@@ -1,2 +1,9 @@
-//! Activities that call external services. The Masumi and Kodosumi clients and their
-//! simulators land here with the paid-job work; the engine core needs none of them.
+//! Calls to external services as engine activities: typed HTTP clients of the Masumi payment
+//! service and Kodosumi, errors classified where they are born, a circuit breaker per service,
+//! and (feature `sim`) simulators that speak the same APIs.
+
+pub mod breaker;
+pub mod error;
+
+pub use breaker::{Breaker, BreakerConfig, BreakerState};
+pub use error::ClientError;
