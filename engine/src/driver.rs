@@ -40,6 +40,8 @@ pub(crate) struct Draft {
     pub(crate) attempts: Vec<NewAttempt>,
     pub(crate) consumed_signals: Vec<i64>,
     pub(crate) clear_heartbeat: bool,
+    /// The last heartbeat details of the attempt that just ended, not yet persisted.
+    pub(crate) heartbeat_details: Option<serde_json::Value>,
 }
 
 impl Draft {
@@ -63,6 +65,7 @@ impl Draft {
             attempts: Vec::new(),
             consumed_signals: Vec::new(),
             clear_heartbeat: false,
+            heartbeat_details: None,
         }
     }
 
@@ -86,6 +89,7 @@ impl Draft {
             attempts: Vec::new(),
             consumed_signals: Vec::new(),
             clear_heartbeat: false,
+            heartbeat_details: None,
         }
     }
 
@@ -342,6 +346,32 @@ impl Draft {
         self.apply(registry, Cause::Activity { call_seq, name }, result, now);
     }
 
+    /// Journals an attempt that ended without an outcome (its worker lost the lease or was shut
+    /// down mid-way): the body may have run, so it counts, and the next attempt is due at once.
+    pub(crate) fn attempt_abandoned(
+        &mut self,
+        registry: &Registry,
+        workflow: &dyn ErasedWorkflow,
+        options: &ActivityOptions,
+        mut row: NewAttempt,
+        error: ActivityError,
+        now: DateTime<Utc>,
+    ) {
+        let Pending::Activity(a) = &self.pending else {
+            return;
+        };
+        self.events.push(EventKind::ActivityAbandoned {
+            call_seq: a.call_seq,
+            name: a.name.clone(),
+            attempt: a.attempt,
+            worker: row.worker_id,
+        });
+        row.outcome = AttemptOutcome::Abandoned;
+        row.error = Some(error.clone());
+        self.attempts.push(row);
+        self.attempt_failed(registry, workflow, options, error, true, now);
+    }
+
     /// Journals a successful attempt's result (once) and applies it.
     pub(crate) fn attempt_completed(
         &mut self,
@@ -395,6 +425,7 @@ impl Draft {
             lease,
             lease_ttl,
             clear_heartbeat: std::mem::take(&mut self.clear_heartbeat),
+            heartbeat_details: self.heartbeat_details.take(),
         }
     }
 }

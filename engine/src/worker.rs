@@ -8,7 +8,7 @@
 use crate::activity::HeartbeatCell;
 use crate::clock::DbClock;
 use crate::driver::{self, AttemptEnd, AttemptSpec, Draft};
-use crate::journal::{Cause, EventKind, Pending, Status};
+use crate::journal::{Cause, Pending, Status};
 use crate::registry::Registry;
 use crate::store::{
     Claimed, LeaseAfter, LeaseRenewal, NewAttempt, Store, StoreError, Wake, WorkerInfo,
@@ -104,6 +104,9 @@ struct Shared {
     stopping: CancellationToken,
     /// Fires at the drain deadline: in-flight attempts are dropped and leases handed back.
     abandon: CancellationToken,
+    /// Fires when [`Worker::run`] is dropped before it finished (a crash): in-flight drives
+    /// are dropped with it, writing and releasing nothing, as if the process died.
+    crashed: CancellationToken,
 }
 
 /// A pool of workflow slots in this process.
@@ -168,6 +171,7 @@ impl Worker {
                 local_wakes: Mutex::new(BTreeSet::new()),
                 stopping: CancellationToken::new(),
                 abandon: CancellationToken::new(),
+                crashed: CancellationToken::new(),
             }),
         }
     }
@@ -201,6 +205,8 @@ impl Worker {
             lease_ttl: s.config.lease_ttl,
         };
         s.store.register_worker(&info).await?;
+        // Drives run in their own tasks; if this future is dropped mid-way, they must die too.
+        let crash_guard = s.crashed.clone().drop_guard();
         info!(worker.id = %s.id, slots = s.config.slots, lease_ttl = ?s.config.lease_ttl, "worker started");
 
         let tracker = TaskTracker::new();
@@ -228,6 +234,7 @@ impl Worker {
         }
         renew_stop.cancel();
         while loops.join_next().await.is_some() {}
+        crash_guard.disarm();
         if let Err(e) = s.store.worker_stopped(s.id).await {
             warn!(error.message = %e, "could not mark worker stopped");
         }
@@ -316,7 +323,10 @@ impl Worker {
                 let held = self.hold(&c);
                 let worker = self.clone();
                 tracker.spawn(async move {
-                    worker.drive(c, held).await;
+                    tokio::select! {
+                        () = worker.drive(c, held) => {}
+                        () = worker.shared.crashed.cancelled() => {}
+                    }
                     drop(permit);
                 });
             }
@@ -525,33 +535,27 @@ impl Worker {
                 "worker.lease_expired",
                 format!("worker {prev} lost its lease"),
             );
-            draft.events.push(EventKind::ActivityAbandoned {
-                call_seq: a.call_seq,
-                name: a.name.clone(),
-                attempt: a.attempt,
-                worker: Some(prev),
-            });
-            draft.attempts.push(NewAttempt {
+            let row = NewAttempt {
                 call_seq: a.call_seq,
                 attempt: a.attempt,
                 activity_name: a.name.clone(),
                 worker_id: Some(prev),
                 outcome: AttemptOutcome::Abandoned,
-                error: Some(error.clone()),
+                error: None,
                 started_at: None,
                 duration_ms: None,
-            });
+            };
             let options = s
                 .registry
                 .get_activity(&a.name)
                 .map(|x| x.options())
                 .unwrap_or_default();
-            draft.attempt_failed(
+            draft.attempt_abandoned(
                 &s.registry,
                 workflow.as_ref(),
                 &options,
+                row,
                 error,
-                true,
                 s.clock.now(),
             );
         }
@@ -664,10 +668,12 @@ impl Worker {
                 last_heartbeat_details: last_heartbeat.take(),
                 deadline_left,
             };
-            let end = driver::run_attempt(spec, body.as_ref(), cell, &held.tokens)
+            let end = driver::run_attempt(spec, body.as_ref(), cell.clone(), &held.tokens)
                 .instrument(span)
                 .await;
             *lock(&held.heartbeat) = None;
+            // The last beats may not have reached a renewal yet: journal them with this step.
+            draft.heartbeat_details = cell.take_unsaved();
             let duration_ms = started.elapsed().as_millis() as i64;
             let now = s.clock.now();
             let mut row = NewAttempt {
@@ -714,7 +720,26 @@ impl Worker {
                     }
                 }
                 AttemptEnd::LeaseLost => return Err(StepStop::Fenced),
-                AttemptEnd::Abandoned => return Err(StepStop::Release),
+                AttemptEnd::Abandoned => {
+                    // The drain deadline dropped the body mid-way; it may have had effects. Count
+                    // the attempt as a lease recovery would and hand the workflow back, due now.
+                    let error = crate::ActivityError::retryable(
+                        "worker.drain_timeout",
+                        format!("worker {} shut down before the attempt finished", s.id),
+                    );
+                    draft.attempt_abandoned(
+                        &s.registry,
+                        workflow.as_ref(),
+                        &options,
+                        row,
+                        error,
+                        now,
+                    );
+                    let run_at = (!draft.status.is_terminal()).then_some(now);
+                    return self
+                        .commit(&mut draft, epoch, LeaseAfter::Release { run_at })
+                        .await;
+                }
             }
         }
     }

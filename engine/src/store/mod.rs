@@ -138,6 +138,9 @@ pub struct StepCommit {
     pub lease_ttl: Duration,
     /// A new activity call was scheduled: forget the previous call's heartbeat details.
     pub clear_heartbeat: bool,
+    /// Heartbeat details of the attempt that just ended which no lease renewal has persisted
+    /// yet, so the next attempt resumes from the very last heartbeat. `clear_heartbeat` wins.
+    pub heartbeat_details: Option<serde_json::Value>,
 }
 
 /// Result of a successful commit.

@@ -367,8 +367,10 @@ impl Store for PgStore {
                 run_at = case when not $15 then coalesce(run_at, now())
                               when signal_seq > $13 then now()
                               else $17 end,
-                heartbeat_details = case when $18 then null else heartbeat_details end,
-                heartbeat_at = case when $18 then null else heartbeat_at end,
+                heartbeat_details = case when $18 then null else coalesce($20, heartbeat_details) end,
+                heartbeat_at = case when $18 then null
+                                    when $20::jsonb is not null then now()
+                                    else heartbeat_at end,
                 finished_at = case when $19 then coalesce(finished_at, now()) end,
                 updated_at = now()
              where id = $1 and lease_owner = $2 and lease_epoch = $3 and version = $4
@@ -393,6 +395,7 @@ impl Store for PgStore {
         .bind(run_at)
         .bind(c.clear_heartbeat)
         .bind(c.status.is_terminal())
+        .bind(&c.heartbeat_details)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
