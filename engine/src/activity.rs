@@ -28,6 +28,14 @@ pub trait Activity: Send + Sync + 'static {
         ActivityOptions::default()
     }
 
+    /// Whether a `pause` signal also fires [`ActivityContext::cancelled`]. For long waits
+    /// (polling an external state until it changes): the body returns promptly with what it
+    /// has seen, the result is journaled, and the workflow pauses. Other activities run to the
+    /// end before a pause takes effect.
+    fn interrupt_on_pause(&self) -> bool {
+        false
+    }
+
     /// Runs one attempt. Long bodies call [`ActivityContext::heartbeat`] and watch
     /// [`ActivityContext::cancelled`], which fires on cancel, timeout or a lost lease.
     fn run(
@@ -257,6 +265,7 @@ impl HeartbeatCell {
 /// An activity with its types erased, as the registry holds it.
 pub(crate) trait ErasedActivity: Send + Sync {
     fn options(&self) -> ActivityOptions;
+    fn interrupt_on_pause(&self) -> bool;
     fn run(
         &self,
         ctx: ActivityContext,
@@ -269,6 +278,10 @@ pub(crate) struct ActivityAdapter<A>(pub(crate) A);
 impl<A: Activity> ErasedActivity for ActivityAdapter<A> {
     fn options(&self) -> ActivityOptions {
         self.0.options()
+    }
+
+    fn interrupt_on_pause(&self) -> bool {
+        self.0.interrupt_on_pause()
     }
 
     fn run(

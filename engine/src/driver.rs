@@ -437,6 +437,8 @@ pub(crate) enum AttemptEnd {
     Failed(ActivityError, AttemptOutcome),
     /// The workflow's cancel signal fired the token.
     Cancelled,
+    /// A pause interrupted an interruptible body that did not return in time.
+    Paused,
     /// Another worker took the lease: write nothing.
     LeaseLost,
     /// The worker's drain deadline passed: hand the lease back.
@@ -499,6 +501,8 @@ pub(crate) async fn run_attempt(
             tokio::time::sleep_until(due).await;
         }
     };
+    let pause = tokens.pause_token();
+    let interrupt_on_pause = body.interrupt_on_pause();
     let mut body = body.run(ctx, spec.activity.input.clone());
     let interrupted = tokio::select! {
         r = &mut body => return match r {
@@ -516,6 +520,7 @@ pub(crate) async fn run_attempt(
         _ = tokens.cancel.cancelled(), if !tokens.cancel_requested.load(std::sync::atomic::Ordering::Relaxed) => {
             AttemptEnd::Cancelled
         }
+        _ = pause.cancelled(), if interrupt_on_pause => AttemptEnd::Paused,
         _ = tokens.lease_lost.cancelled() => return AttemptEnd::LeaseLost,
         _ = tokens.abandon.cancelled() => return AttemptEnd::Abandoned,
     };

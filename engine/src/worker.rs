@@ -72,6 +72,8 @@ pub(crate) struct HeldTokens {
     pub(crate) abandon: CancellationToken,
     /// The workflow is already on its cancel path: further cancels do not interrupt it.
     pub(crate) cancel_requested: std::sync::atomic::AtomicBool,
+    /// Fires when a `pause` signal arrives; re-armed once the inbox was applied.
+    pause: Mutex<CancellationToken>,
 }
 
 impl HeldTokens {
@@ -79,13 +81,31 @@ impl HeldTokens {
     pub(crate) fn attempt_token(&self) -> CancellationToken {
         CancellationToken::new()
     }
+
+    /// The current pause token.
+    pub(crate) fn pause_token(&self) -> CancellationToken {
+        lock(&self.pause).clone()
+    }
+
+    fn fire_pause(&self) {
+        lock(&self.pause).cancel();
+    }
+
+    /// After the inbox was applied, later pauses need a fresh token.
+    fn rearm_pause(&self) {
+        let mut pause = lock(&self.pause);
+        if pause.is_cancelled() {
+            *pause = CancellationToken::new();
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Held {
     epoch: i64,
     tokens: Arc<HeldTokens>,
-    heartbeat: Mutex<Option<Arc<HeartbeatCell>>>,
+    /// The running attempt's heartbeat and the call it belongs to.
+    heartbeat: Mutex<Option<(i64, Arc<HeartbeatCell>)>>,
 }
 
 #[derive(Debug)]
@@ -93,6 +113,8 @@ struct Shared {
     id: WorkerId,
     store: Arc<dyn Store>,
     registry: Registry,
+    /// The workflow types this worker claims: those in its registry.
+    workflow_types: Vec<String>,
     config: WorkerConfig,
     clock: DbClock,
     held: Mutex<HashMap<WorkflowId, Arc<Held>>>,
@@ -162,6 +184,7 @@ impl Worker {
         Self {
             shared: Arc::new(Shared {
                 id: WorkerId::new(),
+                workflow_types: registry.workflow_types().map(str::to_owned).collect(),
                 store,
                 registry,
                 config,
@@ -255,6 +278,7 @@ impl Worker {
                 .store
                 .claim(
                     self.shared.id,
+                    &self.shared.workflow_types,
                     self.shared.config.claim_batch,
                     self.shared.config.lease_ttl,
                 )
@@ -302,7 +326,11 @@ impl Worker {
                 }
             }
             let wanted = permits.len();
-            let claimed = match s.store.claim(s.id, wanted, s.config.lease_ttl).await {
+            let claimed = match s
+                .store
+                .claim(s.id, &s.workflow_types, wanted, s.config.lease_ttl)
+                .await
+            {
                 Ok(c) => {
                     failures = 0;
                     c
@@ -381,7 +409,9 @@ impl Worker {
                 .map(|(id, h)| LeaseRenewal {
                     id: *id,
                     epoch: h.epoch,
-                    heartbeat_details: lock(&h.heartbeat).as_ref().and_then(|c| c.take_unsaved()),
+                    heartbeat: lock(&h.heartbeat)
+                        .as_ref()
+                        .and_then(|(seq, c)| c.take_unsaved().map(|d| (*seq, d))),
                 })
                 .collect();
             match s
@@ -390,8 +420,8 @@ impl Worker {
                 .await
             {
                 Ok(renewed) => {
-                    let by_id: HashMap<WorkflowId, bool> =
-                        renewed.iter().map(|r| (r.id, r.cancel_pending)).collect();
+                    let by_id: HashMap<WorkflowId, &crate::store::Renewed> =
+                        renewed.iter().map(|r| (r.id, r)).collect();
                     for (id, h) in &held {
                         match by_id.get(id) {
                             None => {
@@ -401,8 +431,14 @@ impl Worker {
                                     h.tokens.lease_lost.cancel();
                                 }
                             }
-                            Some(true) => h.tokens.cancel.cancel(),
-                            Some(false) => {}
+                            Some(r) => {
+                                if r.cancel_pending {
+                                    h.tokens.cancel.cancel();
+                                }
+                                if r.pause_pending {
+                                    h.tokens.fire_pause();
+                                }
+                            }
                         }
                     }
                 }
@@ -435,6 +471,7 @@ impl Worker {
                             {
                                 h.tokens.cancel.cancel()
                             }
+                            Some(h) if name == "pause" => h.tokens.fire_pause(),
                             Some(_) => {}
                             None => s.wake.notify_one(),
                         }
@@ -570,6 +607,7 @@ impl Worker {
                 held.tokens
                     .cancel_requested
                     .store(draft.cancel_requested, Ordering::Relaxed);
+                held.tokens.rearm_pause();
             }
             let now = s.clock.now();
             if draft.status.is_terminal() || draft.status == Status::Paused {
@@ -657,7 +695,7 @@ impl Worker {
                     .or(last_heartbeat);
             }
             let cell = Arc::new(HeartbeatCell::new());
-            *lock(&held.heartbeat) = Some(cell.clone());
+            *lock(&held.heartbeat) = Some((activity.call_seq, cell.clone()));
             let started_at = s.clock.now();
             let started = Instant::now();
             let span = info_span!("activity", activity.name = %activity.name, call_seq = activity.call_seq, attempt = activity.attempt);
@@ -714,6 +752,20 @@ impl Worker {
                     ));
                     draft.attempts.push(row);
                     // The cancel signal is read and applied at this boundary.
+                    draft.force_signal_read = true;
+                    if let Pending::Activity(a) = &mut draft.pending {
+                        a.attempt += 1;
+                    }
+                }
+                AttemptEnd::Paused => {
+                    // An interruptible body did not return in time after a pause; it runs
+                    // again (as the next attempt) on resume.
+                    row.outcome = AttemptOutcome::Cancelled;
+                    row.error = Some(crate::ActivityError::retryable(
+                        "paused",
+                        "interrupted by a pause",
+                    ));
+                    draft.attempts.push(row);
                     draft.force_signal_read = true;
                     if let Pending::Activity(a) = &mut draft.pending {
                         a.attempt += 1;

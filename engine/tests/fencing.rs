@@ -11,9 +11,18 @@ use engine::{
 };
 use serde_json::json;
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a worker that claimed `c` would commit after its attempt 1 completed with `output`.
+/// Every workflow type the tests register.
+fn types() -> Vec<String> {
+    registry(&Arc::new(Probe::default()))
+        .workflow_types()
+        .map(str::to_owned)
+        .collect()
+}
+
 fn completion(c: &Claimed, worker: WorkerId, epoch: i64, version: i64) -> StepCommit {
     StepCommit {
         id: c.record.id,
@@ -100,7 +109,9 @@ async fn commit_is_fenced_by_owner_epoch_and_version(pool: PgPool) -> anyhow::Re
         .await?;
 
     let a = WorkerId::new();
-    let claimed = store.claim(a, 10, Duration::from_secs(30)).await?;
+    let claimed = store
+        .claim(a, &types(), 10, Duration::from_secs(30))
+        .await?;
     assert_eq!(claimed.len(), 1);
     let c = &claimed[0];
     assert_eq!(c.record.lease_owner, Some(a));
@@ -110,7 +121,7 @@ async fn commit_is_fenced_by_owner_epoch_and_version(pool: PgPool) -> anyhow::Re
     // A leased workflow is not claimed twice.
     assert!(
         store
-            .claim(WorkerId::new(), 10, Duration::from_secs(30))
+            .claim(WorkerId::new(), &types(), 10, Duration::from_secs(30))
             .await?
             .is_empty()
     );
@@ -176,7 +187,9 @@ async fn stale_claim_is_fenced_after_another_worker_takes_over(pool: PgPool) -> 
 
     // Worker A claims with a short lease, then freezes.
     let a = WorkerId::new();
-    let claimed = store.claim(a, 1, Duration::from_millis(300)).await?;
+    let claimed = store
+        .claim(a, &types(), 1, Duration::from_millis(300))
+        .await?;
     let stale = claimed.into_iter().next().expect("claimed");
 
     let b = Worker::new(store.clone(), registry, fast_config());

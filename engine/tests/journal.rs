@@ -229,3 +229,26 @@ async fn bad_starts_are_refused_before_anything_is_written(pool: PgPool) -> anyh
     assert!(ok.created);
     Ok(())
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_worker_claims_only_types_it_can_run(pool: PgPool) -> anyhow::Result<()> {
+    let store = setup(pool).await;
+    let probe = Probe::new();
+    let engine = Engine::new(store.clone(), registry(&probe));
+    let started = engine
+        .start("test.chain", None, json!({ "steps": 1, "sleep_ms": 0 }))
+        .await?;
+
+    let stranger = Worker::new(store.clone(), engine::Registry::new(), fast_config());
+    assert_eq!(
+        stranger.run_until_idle().await?,
+        0,
+        "unknown type left alone"
+    );
+    assert_eq!(snapshot(&store, started.id).await.lease_owner, None);
+
+    let able = Worker::new(store.clone(), registry(&probe), fast_config());
+    assert_eq!(able.run_until_idle().await?, 1);
+    assert_eq!(snapshot(&store, started.id).await.status, Status::Completed);
+    Ok(())
+}

@@ -459,3 +459,42 @@ async fn invalid_signals_are_refused_and_write_nothing(pool: PgPool) -> anyhow::
     assert_eq!(signals, 0);
     Ok(())
 }
+
+#[sqlx::test(migrations = false)]
+async fn pause_interrupts_an_interruptible_activity_which_keeps_its_result(
+    pool: PgPool,
+) -> anyhow::Result<()> {
+    let store = setup(pool).await;
+    let probe = Probe::new();
+    let registry = registry(&probe);
+    let engine = Engine::new(store.clone(), registry.clone());
+    let worker = Worker::new(store.clone(), registry, fast_config()).spawn();
+
+    let started = engine
+        .start(
+            "test.call_one",
+            None,
+            json!({ "watch": { "max_ms": 60_000 } }),
+        )
+        .await?;
+    wait_started(&probe, 1).await;
+    engine.signal(started.id, "pause", json!(null)).await?;
+
+    // The watch returns what it has seen instead of running to its end; its result is journaled
+    // once and the workflow moves on (here it completes, so the pause is discarded).
+    let done = wait_for_status(&store, started.id, Status::Completed).await;
+    assert_eq!(done.output, Some(json!("interrupted")));
+    assert!(probe.saw_cancel(), "the body saw its token fire on pause");
+    let journal = Journal::load(&store, started.id).await;
+    journal.assert_consistent();
+    assert_eq!(
+        journal
+            .kinds()
+            .iter()
+            .filter(|k| **k == "activity_completed")
+            .count(),
+        1
+    );
+    worker.shutdown().await?;
+    Ok(())
+}

@@ -157,7 +157,9 @@ pub struct Committed {
 pub struct LeaseRenewal {
     pub id: WorkflowId,
     pub epoch: i64,
-    pub heartbeat_details: Option<serde_json::Value>,
+    /// Details of the running attempt's last heartbeat, with the call they belong to: they are
+    /// written only while that call is still the pending one.
+    pub heartbeat: Option<(i64, serde_json::Value)>,
 }
 
 /// A renewed lease.
@@ -166,6 +168,8 @@ pub struct Renewed {
     pub id: WorkflowId,
     /// An unapplied `cancel` signal is waiting.
     pub cancel_pending: bool,
+    /// An unapplied `pause` signal is waiting.
+    pub pause_pending: bool,
 }
 
 /// A worker process to register.
@@ -234,10 +238,12 @@ pub trait Store: Send + Sync + Debug + 'static {
         name: &str,
         payload: &serde_json::Value,
     ) -> Result<i64, StoreError>;
-    /// Leases up to `limit` due workflows to `worker`.
+    /// Leases up to `limit` due workflows of the given types to `worker` (a worker claims only
+    /// what its registry can run).
     async fn claim(
         &self,
         worker: WorkerId,
+        workflow_types: &[String],
         limit: usize,
         lease_ttl: Duration,
     ) -> Result<Vec<Claimed>, StoreError>;

@@ -292,6 +292,7 @@ impl Store for PgStore {
     async fn claim(
         &self,
         worker: WorkerId,
+        workflow_types: &[String],
         limit: usize,
         lease_ttl: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
@@ -299,6 +300,7 @@ impl Store for PgStore {
             "with due as (
                 select id, lease_owner as prev_owner from kodomasu.workflows
                 where run_at <= now() and (lease_owner is null or lease_expires_at < now())
+                  and workflow_type = any($4)
                 order by run_at
                 limit $2
                 for update skip locked
@@ -312,6 +314,7 @@ impl Store for PgStore {
         .bind(worker)
         .bind(limit as i64)
         .bind(lease_ttl.as_secs_f64())
+        .bind(workflow_types)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -452,19 +455,31 @@ impl Store for PgStore {
         let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
         let details: serde_json::Map<String, serde_json::Value> = leases
             .iter()
-            .filter_map(|l| l.heartbeat_details.clone().map(|d| (l.id.to_string(), d)))
+            .filter_map(|l| {
+                l.heartbeat.as_ref().map(|(call_seq, details)| {
+                    let entry = serde_json::json!({ "call_seq": call_seq, "details": details });
+                    (l.id.to_string(), entry)
+                })
+            })
             .collect();
         let rows = sqlx::query(
             "update kodomasu.workflows w
              set lease_expires_at = now() + make_interval(secs => $2),
-                 heartbeat_details = coalesce($5::jsonb -> w.id::text, w.heartbeat_details),
-                 heartbeat_at = case when $5::jsonb ? w.id::text then now() else w.heartbeat_at end
+                 heartbeat_details = case when $5::jsonb -> w.id::text -> 'call_seq' = w.pending -> 'call_seq'
+                                          then $5::jsonb -> w.id::text -> 'details'
+                                          else w.heartbeat_details end,
+                 heartbeat_at = case when $5::jsonb -> w.id::text -> 'call_seq' = w.pending -> 'call_seq'
+                                     then now() else w.heartbeat_at end
              from unnest($3::uuid[], $4::bigint[]) as l(id, epoch)
              where w.id = l.id and w.lease_owner = $1 and w.lease_epoch = l.epoch
              returning w.id, exists (
                 select 1 from kodomasu.signals s
                 where s.workflow_id = w.id and s.consumed_at is null and s.name = 'cancel'
-             ) and not w.cancel_requested as cancel_pending",
+             ) and not w.cancel_requested as cancel_pending,
+             exists (
+                select 1 from kodomasu.signals s
+                where s.workflow_id = w.id and s.consumed_at is null and s.name = 'pause'
+             ) as pause_pending",
         )
         .bind(worker)
         .bind(lease_ttl.as_secs_f64())
@@ -478,6 +493,7 @@ impl Store for PgStore {
                 Ok(Renewed {
                     id: r.try_get("id")?,
                     cancel_pending: r.try_get("cancel_pending")?,
+                    pause_pending: r.try_get("pause_pending")?,
                 })
             })
             .collect()

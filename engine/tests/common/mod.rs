@@ -160,6 +160,43 @@ impl Activity for Step {
     }
 }
 
+/// Watches something external for up to `max_ms`; a pause interrupts it
+/// (`interrupt_on_pause`) and it returns what it has seen so far: `"interrupted"`.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    pub probe: Arc<Probe>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchInput {
+    pub max_ms: u64,
+}
+
+impl Activity for Watch {
+    const NAME: &'static str = "test.watch";
+    type Input = WatchInput;
+    type Output = String;
+
+    fn options(&self) -> ActivityOptions {
+        fast_options(3)
+    }
+
+    fn interrupt_on_pause(&self) -> bool {
+        true
+    }
+
+    async fn run(&self, ctx: ActivityContext, input: WatchInput) -> Result<String, ActivityError> {
+        self.probe.started.fetch_add(1, Ordering::SeqCst);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(input.max_ms)) => Ok("timed out".into()),
+            _ = ctx.cancelled() => {
+                self.probe.saw_cancel.store(true, Ordering::SeqCst);
+                Ok("interrupted".into())
+            }
+        }
+    }
+}
+
 /// Fails its first `fail_times` attempts with `code` (retryable or not), then returns the
 /// attempt number.
 #[derive(Debug, Clone)]
@@ -364,6 +401,7 @@ pub enum Call {
     Step(StepInput),
     Flaky(FlakyInput),
     Beat(BeatInput),
+    Watch(WatchInput),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -384,6 +422,7 @@ impl Workflow for CallOne {
             Call::Step(i) => ActivityCall::new::<Step>(i),
             Call::Flaky(i) => ActivityCall::new::<Flaky>(i),
             Call::Beat(i) => ActivityCall::new::<Beat>(i),
+            Call::Watch(i) => ActivityCall::new::<Watch>(i),
         };
         let activity = call.name().to_owned();
         Transition::run(CallState::Calling { activity }, call)
@@ -612,6 +651,9 @@ pub fn registry(probe: &Arc<Probe>) -> Registry {
             options: fast_options(3),
         })
         .activity(Cleanup {
+            probe: probe.clone(),
+        })
+        .activity(Watch {
             probe: probe.clone(),
         })
 }
