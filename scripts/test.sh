@@ -8,6 +8,7 @@
 #      (removed again when the script exits);
 # and otherwise stops with a message that says what to install.
 # Each test then creates its own database on that server.
+# KODOMASU_TEST_PG=throwaway skips 1 and 2 (to check the throwaway-cluster path itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,9 +55,15 @@ start_throwaway_cluster() {
   export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }
 
-if [[ -n "${DATABASE_URL:-}" ]]; then
+force_throwaway=""
+if [[ "${KODOMASU_TEST_PG:-}" == throwaway ]]; then
+  force_throwaway=1
+  unset DATABASE_URL
+fi
+
+if [[ -z "$force_throwaway" && -n "${DATABASE_URL:-}" ]]; then
   log "using DATABASE_URL from the environment"
-elif can_connect "postgres://postgres@127.0.0.1:5432/postgres"; then
+elif [[ -z "$force_throwaway" ]] && can_connect "postgres://postgres@127.0.0.1:5432/postgres"; then
   export DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
   log "using PostgreSQL on 127.0.0.1:5432"
 elif bin="$(find_pg_bin)"; then
