@@ -157,6 +157,7 @@ pub struct ActivityContext {
     pub(crate) workflow_id: WorkflowId,
     pub(crate) call_seq: i64,
     pub(crate) attempt: u32,
+    pub(crate) scheduled_at: chrono::DateTime<chrono::Utc>,
     pub(crate) cancel: CancellationToken,
     pub(crate) heartbeat: Arc<HeartbeatCell>,
     pub(crate) last_heartbeat_details: Option<serde_json::Value>,
@@ -171,6 +172,12 @@ impl ActivityContext {
     /// 1 for the first attempt.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// When the workflow journaled this call (database clock): every attempt starts after it,
+    /// so an external effect older than this is not the call's.
+    pub fn scheduled_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.scheduled_at
     }
 
     /// The same for every attempt of this call, across retries and worker crashes.
@@ -206,6 +213,7 @@ impl ActivityContext {
             workflow_id,
             call_seq: 1,
             attempt,
+            scheduled_at: chrono::Utc::now(),
             cancel: CancellationToken::new(),
             heartbeat: Arc::new(HeartbeatCell::new()),
             last_heartbeat_details: None,

@@ -175,6 +175,7 @@ impl Draft {
                         .unwrap_or(DateTime::<Utc>::MAX_UTC),
                 };
             }
+            Next::TimerAt(due_at) => self.pending = Pending::Timer { due_at },
             Next::WaitForSignal => self.pending = Pending::Signal,
             Next::Unchanged => {
                 if !matches!(self.pending, Pending::Timer { .. } | Pending::Signal) {
@@ -475,6 +476,7 @@ pub(crate) async fn run_attempt(
         workflow_id: spec.workflow_id,
         call_seq: spec.activity.call_seq,
         attempt: spec.activity.attempt,
+        scheduled_at: spec.activity.scheduled_at,
         cancel: token.clone(),
         heartbeat: heartbeat.clone(),
         last_heartbeat_details: spec.last_heartbeat_details,

@@ -38,7 +38,7 @@ pub trait Workflow: Send + Sync + 'static {
         outcome: ActivityOutcome,
     ) -> Transition<Self::State, Self::Output>;
 
-    /// A timer set by [`Next::Timer`] is due.
+    /// A timer set by [`Next::Timer`] or [`Next::TimerAt`] is due.
     fn on_timer(&self, state: Self::State) -> Transition<Self::State, Self::Output> {
         Transition::fail(
             state,
@@ -99,6 +99,9 @@ pub enum Next<O> {
     Activity(ActivityCall),
     /// Wait this long (durably), then `on_timer`. Signals may arrive meanwhile.
     Timer(Duration),
+    /// Wait until this time (durably), then `on_timer`. For deadlines the workflow knows from
+    /// its data (a payment's `payByTime`); transition code never reads the clock.
+    TimerAt(chrono::DateTime<chrono::Utc>),
     /// Wait for a custom signal.
     WaitForSignal,
     /// Keep the current wait (timer due time or signal wait); only meaningful from `on_signal`.
@@ -241,6 +244,7 @@ impl<W: Workflow> WorkflowAdapter<W> {
         let next = match t.next {
             Next::Activity(c) => Next::Activity(c),
             Next::Timer(d) => Next::Timer(d),
+            Next::TimerAt(t) => Next::TimerAt(t),
             Next::WaitForSignal => Next::WaitForSignal,
             Next::Unchanged => Next::Unchanged,
             Next::Complete(o) => Next::Complete(serde_json::to_value(o).map_err(encode)?),
