@@ -1,7 +1,8 @@
 //! The worker pool: claims due workflows in batches, drives each through consecutive steps
 //! without re-claiming it, renews its leases, and drains on shutdown.
 //!
-//! Wake-ups come from LISTEN/NOTIFY hints, from this worker's own timers (retry and timer due
+//! Wake-ups come from the store's hints (LISTEN/NOTIFY on PostgreSQL; an in-process broadcast
+//! plus a short poll on SQLite), from this worker's own timers (retry and timer due
 //! times it just released) and from a slow polling fallback, so an idle worker costs the
 //! database one claim query per poll interval plus one heartbeat per heartbeat interval.
 

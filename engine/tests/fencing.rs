@@ -6,15 +6,21 @@ mod common;
 use common::*;
 use engine::store::{Claimed, LeaseAfter, NewAttempt, StepCommit};
 use engine::{
-    AttemptOutcome, Cause, Engine, EventKind, Status, Store, StoreError, Worker, WorkerConfig,
-    WorkerId,
+    AttemptOutcome, Cause, Engine, EventKind, Status, StoreError, Worker, WorkerConfig, WorkerId,
 };
 use serde_json::json;
-use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What a worker that claimed `c` would commit after its attempt 1 completed with `output`.
+conformance! {
+    commit_is_fenced_by_owner_epoch_and_version,
+    stale_claim_is_fenced_after_another_worker_takes_over,
+    crashed_worker_is_taken_over_and_fenced,
+    crashed_worker_writes_nothing_after_the_crash,
+    worker_that_loses_its_lease_mid_attempt_stops_and_writes_nothing,
+    drain_deadline_hands_the_workflow_back_and_counts_the_attempt,
+}
+
 /// Every workflow type the tests register.
 fn types() -> Vec<String> {
     registry(&Arc::new(Probe::default()))
@@ -23,6 +29,7 @@ fn types() -> Vec<String> {
         .collect()
 }
 
+/// What a worker that claimed `c` would commit after its attempt 1 completed.
 fn completion(c: &Claimed, worker: WorkerId, epoch: i64, version: i64) -> StepCommit {
     StepCommit {
         id: c.record.id,
@@ -95,9 +102,8 @@ fn assert_unchanged(before: &Journal, after: &Journal) {
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn commit_is_fenced_by_owner_epoch_and_version(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn commit_is_fenced_by_owner_epoch_and_version(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let engine = Engine::new(store.clone(), registry(&probe));
     let started = engine
@@ -126,7 +132,7 @@ async fn commit_is_fenced_by_owner_epoch_and_version(pool: PgPool) -> anyhow::Re
             .is_empty()
     );
 
-    let before = Journal::load(&store, started.id).await;
+    let before = Journal::load(&db, started.id).await;
     assert_fenced(
         store
             .commit(completion(c, WorkerId::new(), epoch, version))
@@ -149,12 +155,12 @@ async fn commit_is_fenced_by_owner_epoch_and_version(pool: PgPool) -> anyhow::Re
         store.commit(completion(c, a, epoch, version + 1)).await,
         "a newer version",
     );
-    assert_unchanged(&before, &Journal::load(&store, started.id).await);
+    assert_unchanged(&before, &Journal::load(&db, started.id).await);
 
     // The holder's commit applies, gaplessly, and releases the lease.
     let committed = store.commit(completion(c, a, epoch, version)).await?;
     assert_eq!(committed.version, 5);
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(journal.snapshot.status, Status::Completed);
     assert_eq!(journal.snapshot.lease_owner, None);
@@ -167,13 +173,12 @@ async fn commit_is_fenced_by_owner_epoch_and_version(pool: PgPool) -> anyhow::Re
         store.commit(completion(c, a, epoch, version)).await,
         "a replayed commit",
     );
-    assert_unchanged(&journal, &Journal::load(&store, started.id).await);
+    assert_unchanged(&journal, &Journal::load(&db, started.id).await);
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn stale_claim_is_fenced_after_another_worker_takes_over(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn stale_claim_is_fenced_after_another_worker_takes_over(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
@@ -195,16 +200,13 @@ async fn stale_claim_is_fenced_after_another_worker_takes_over(pool: PgPool) -> 
     let b = Worker::new(store.clone(), registry, fast_config());
     assert_eq!(b.run_until_idle().await?, 0, "A's lease still holds");
     wait_for("A's lease to expire", || {
-        let store = store.clone();
+        let db = db.clone();
         async move {
-            sqlx::query_scalar::<_, bool>(
-                "select lease_expires_at < now() from kodomasu.workflows where id = $1",
-            )
-            .bind(started.id)
-            .fetch_one(store.pool())
-            .await
-            .ok()
-            .filter(|expired| *expired)
+            db.reader()
+                .lease_expired(started.id)
+                .await
+                .ok()
+                .filter(|expired| *expired)
         }
     })
     .await;
@@ -214,7 +216,7 @@ async fn stale_claim_is_fenced_after_another_worker_takes_over(pool: PgPool) -> 
     assert_eq!(done.status, Status::Completed);
     assert_eq!(done.output, Some(json!(7)));
     assert_eq!(done.lease_epoch, stale.record.lease_epoch + 1);
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(
         journal.kinds(),
@@ -263,7 +265,7 @@ async fn stale_claim_is_fenced_after_another_worker_takes_over(pool: PgPool) -> 
             "the stale worker",
         );
     }
-    assert_unchanged(&journal, &Journal::load(&store, started.id).await);
+    assert_unchanged(&journal, &Journal::load(&db, started.id).await);
     Ok(())
 }
 
@@ -275,9 +277,8 @@ fn short_lease(ttl: Duration) -> WorkerConfig {
     }
 }
 
-#[sqlx::test(migrations = false)]
-async fn crashed_worker_is_taken_over_and_fenced(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn crashed_worker_is_taken_over_and_fenced(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
@@ -313,7 +314,7 @@ async fn crashed_worker_is_taken_over_and_fenced(pool: PgPool) -> anyhow::Result
     assert_eq!(done.output, Some(json!(3)));
     assert!(done.lease_epoch > a_epoch);
 
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     let attempts: Vec<(i32, &str, Option<uuid::Uuid>)> = journal
         .attempts
@@ -344,7 +345,7 @@ async fn crashed_worker_is_taken_over_and_fenced(pool: PgPool) -> anyhow::Result
     worker_b.shutdown().await?;
     // Long after A's body would have finished, nothing of A's was written.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = Journal::load(&store, started.id).await;
+    let after = Journal::load(&db, started.id).await;
     assert_unchanged(&journal, &after);
     assert_eq!(
         after
@@ -358,9 +359,8 @@ async fn crashed_worker_is_taken_over_and_fenced(pool: PgPool) -> anyhow::Result
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn crashed_worker_writes_nothing_after_the_crash(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn crashed_worker_writes_nothing_after_the_crash(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
@@ -398,7 +398,7 @@ async fn crashed_worker_writes_nothing_after_the_crash(pool: PgPool) -> anyhow::
     let worker_b = Worker::new(store.clone(), registry, fast_config()).spawn();
     let done = wait_for_status(&store, started.id, Status::Completed).await;
     assert_eq!(done.output, Some(json!(5)));
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     let outcomes: Vec<&str> = journal
         .attempts
@@ -410,11 +410,10 @@ async fn crashed_worker_writes_nothing_after_the_crash(pool: PgPool) -> anyhow::
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
 async fn worker_that_loses_its_lease_mid_attempt_stops_and_writes_nothing(
-    pool: PgPool,
+    db: Backend,
 ) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
@@ -439,16 +438,9 @@ async fn worker_that_loses_its_lease_mid_attempt_stops_and_writes_nothing(
 
     // Another worker takes the lease over (as after a partition) for one second.
     let thief = WorkerId::new();
-    sqlx::query(
-        "update kodomasu.workflows
-         set lease_owner = $2, lease_epoch = lease_epoch + 1,
-             lease_expires_at = now() + interval '1 second'
-         where id = $1",
-    )
-    .bind(started.id)
-    .bind(thief)
-    .execute(store.pool())
-    .await?;
+    db.reader()
+        .steal_lease(started.id, thief, Duration::from_secs(1))
+        .await?;
 
     // A's next renewal notices, drops the body and writes nothing.
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -466,7 +458,7 @@ async fn worker_that_loses_its_lease_mid_attempt_stops_and_writes_nothing(
     // Once the thief's lease expires, A recovers the workflow like any other worker.
     let done = wait_for_status(&store, started.id, Status::Completed).await;
     assert_eq!(done.output, Some(json!(9)));
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     let attempts: Vec<(i32, &str, Option<uuid::Uuid>)> = journal
         .attempts
@@ -499,11 +491,10 @@ impl engine::Activity for QuickStep {
     }
 }
 
-#[sqlx::test(migrations = false)]
 async fn drain_deadline_hands_the_workflow_back_and_counts_the_attempt(
-    pool: PgPool,
+    db: Backend,
 ) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
@@ -547,7 +538,7 @@ async fn drain_deadline_hands_the_workflow_back_and_counts_the_attempt(
         1,
         "due at once, no lease to wait out"
     );
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(journal.snapshot.status, Status::Completed);
     let attempts: Vec<(i32, &str, Option<uuid::Uuid>)> = journal

@@ -6,13 +6,18 @@ mod common;
 use common::*;
 use engine::{Cause, Engine, EngineError, EventKind, Pending, Status, Worker};
 use serde_json::json;
-use sqlx::PgPool;
 
-#[sqlx::test(migrations = false)]
+conformance! {
+    multi_step_workflow_is_journaled_and_snapshot_is_the_fold,
+    start_is_idempotent_by_type_and_key,
+    bad_starts_are_refused_before_anything_is_written,
+    a_worker_claims_only_types_it_can_run,
+}
+
 async fn multi_step_workflow_is_journaled_and_snapshot_is_the_fold(
-    pool: PgPool,
+    db: Backend,
 ) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
@@ -28,7 +33,7 @@ async fn multi_step_workflow_is_journaled_and_snapshot_is_the_fold(
     assert!(started.created);
 
     // Before any worker ran: the start is journaled, the first call is pending.
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(journal.kinds(), ["started", "transitioned"]);
     let Pending::Activity(first) = &journal.snapshot.pending else {
@@ -41,7 +46,7 @@ async fn multi_step_workflow_is_journaled_and_snapshot_is_the_fold(
 
     assert_eq!(worker.run_until_idle().await?, 1);
 
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(
         journal.kinds(),
@@ -119,9 +124,8 @@ async fn multi_step_workflow_is_journaled_and_snapshot_is_the_fold(
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn start_is_idempotent_by_type_and_key(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn start_is_idempotent_by_type_and_key(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let engine = Engine::new(store.clone(), registry(&probe));
     let input = json!({ "steps": 1, "sleep_ms": 0 });
@@ -165,20 +169,16 @@ async fn start_is_idempotent_by_type_and_key(pool: PgPool) -> anyhow::Result<()>
     assert!(a.created && b.created && a.id != b.id);
 
     // The repeated starts wrote nothing.
-    let journal = Journal::load(&store, first.id).await;
+    let journal = Journal::load(&db, first.id).await;
     journal.assert_consistent();
     assert_eq!(journal.kinds(), ["started", "transitioned"]);
     assert_eq!(journal.snapshot.input, input);
-    let rows: i64 = sqlx::query_scalar("select count(*) from kodomasu.workflows")
-        .fetch_one(store.pool())
-        .await?;
-    assert_eq!(rows, 5);
+    assert_eq!(db.reader().counts().await?.workflows, 5);
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn bad_starts_are_refused_before_anything_is_written(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn bad_starts_are_refused_before_anything_is_written(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let engine = Engine::new(store.clone(), registry(&probe));
 
@@ -207,13 +207,9 @@ async fn bad_starts_are_refused_before_anything_is_written(pool: PgPool) -> anyh
         );
     }
 
-    let (workflows, events): (i64, i64) = sqlx::query_as(
-        "select (select count(*) from kodomasu.workflows), (select count(*) from kodomasu.events)",
-    )
-    .fetch_one(store.pool())
-    .await?;
+    let counts = db.reader().counts().await?;
     assert_eq!(
-        (workflows, events),
+        (counts.workflows, counts.events),
         (0, 0),
         "refused starts left rows behind"
     );
@@ -230,9 +226,8 @@ async fn bad_starts_are_refused_before_anything_is_written(pool: PgPool) -> anyh
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_worker_claims_only_types_it_can_run(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn a_worker_claims_only_types_it_can_run(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let engine = Engine::new(store.clone(), registry(&probe));
     let started = engine

@@ -4,42 +4,32 @@
 mod common;
 
 use common::*;
-use engine::{Engine, PgStore, Status, Worker, WorkerConfig};
+use engine::{Cause, Engine, Status, Worker, WorkerConfig};
 use serde_json::json;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 const WORKERS: usize = 4;
 const WORKFLOWS: usize = 200;
 const STEPS: i64 = 3;
 
-/// Each worker gets its own pool, as separate processes would (the test pool's five
-/// connections are too few for four listeners and 32 slots).
-#[sqlx::test(migrations = false)]
-async fn many_workers_complete_many_workflows(
-    _pool_options: PgPoolOptions,
-    connect: PgConnectOptions,
-) -> anyhow::Result<()> {
-    let new_pool = |size: u32| {
-        PgPoolOptions::new()
-            .max_connections(size)
-            .connect_with(connect.clone())
-    };
-    let client_pool = new_pool(4).await?;
-    let store = setup(client_pool.clone()).await;
+conformance! {
+    many_workers_complete_many_workflows,
+    signals_from_another_process_apply_in_order_under_load,
+}
+
+/// Each worker gets its own store and pool on the same database, as separate processes would
+/// (on SQLite: separate connections to one file, contending for its write lock).
+async fn many_workers_complete_many_workflows(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
 
-    let mut pools: Vec<PgPool> = vec![client_pool];
     let mut workers = Vec::new();
     let mut worker_ids = BTreeSet::new();
     for _ in 0..WORKERS {
-        let pool = new_pool(10).await?;
-        pools.push(pool.clone());
         let worker = Worker::new(
-            Arc::new(PgStore::new(pool)),
+            db.another_store(10).await,
             registry.clone(),
             WorkerConfig {
                 slots: 8,
@@ -63,16 +53,9 @@ async fn many_workers_complete_many_workflows(
     }
 
     wait_for("every workflow to finish", || {
-        let store = store.clone();
+        let db = db.clone();
         async move {
-            let (finished, completed): (i64, i64) = sqlx::query_as(
-                "select count(*) filter (where finished_at is not null),
-                        count(*) filter (where status = 'completed')
-                 from kodomasu.workflows",
-            )
-            .fetch_one(store.pool())
-            .await
-            .ok()?;
+            let (finished, completed) = db.reader().finished_counts().await.ok()?;
             (finished == WORKFLOWS as i64).then_some(completed)
         }
     })
@@ -84,23 +67,10 @@ async fn many_workers_complete_many_workflows(
     }
 
     // Journals: gapless, seq = version, in one query for all workflows...
-    let bad: Vec<(uuid::Uuid, i64, i64, i64, i64)> = sqlx::query_as(
-        "select w.id, w.version, count(e.seq), coalesce(min(e.seq), 0), coalesce(max(e.seq), 0)
-         from kodomasu.workflows w left join kodomasu.events e on e.workflow_id = w.id
-         group by w.id, w.version
-         having count(e.seq) <> w.version or min(e.seq) <> 1 or max(e.seq) <> w.version",
-    )
-    .fetch_all(store.pool())
-    .await?;
+    let bad = db.reader().journal_gaps().await?;
     assert!(bad.is_empty(), "journals with gaps: {bad:?}");
     // ...exactly one `activity_completed` per call...
-    let calls: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
-        "select workflow_id, (payload->>'call_seq')::bigint, count(*)
-         from kodomasu.events where kind = 'activity_completed'
-         group by 1, 2 order by 1, 2",
-    )
-    .fetch_all(store.pool())
-    .await?;
+    let calls = db.reader().completed_calls().await?;
     assert_eq!(calls.len(), WORKFLOWS * STEPS as usize);
     assert!(
         calls
@@ -111,17 +81,15 @@ async fn many_workers_complete_many_workflows(
     );
     // ...and each workflow's snapshot is the fold of its log.
     for id in &ids {
-        Journal::load(&store, *id).await.assert_consistent();
+        Journal::load(&db, *id).await.assert_consistent();
     }
 
-    let completed_attempts: Vec<(uuid::Uuid,)> = sqlx::query_as(
-        "select worker_id from kodomasu.activity_attempts where outcome = 'completed'",
-    )
-    .fetch_all(store.pool())
-    .await?;
+    let completed_attempts = db.reader().completed_attempt_workers().await?;
     assert_eq!(completed_attempts.len(), WORKFLOWS * STEPS as usize);
     assert!(
-        completed_attempts.iter().all(|(w,)| worker_ids.contains(w)),
+        completed_attempts
+            .iter()
+            .all(|w| w.is_some_and(|w| worker_ids.contains(&w))),
         "every attempt ran on one of the pool's workers"
     );
     assert!(probe.started() as usize >= WORKFLOWS * STEPS as usize);
@@ -136,8 +104,66 @@ async fn many_workers_complete_many_workflows(
             .iter()
             .all(|w| w.stopped_at.is_some() && !w.alive)
     );
-    for pool in pools {
-        pool.close().await;
+    Ok(())
+}
+
+/// An API process signals many workflows while two worker processes drive them: every signal is
+/// applied once, in send order, whichever worker holds the workflow when it arrives.
+async fn signals_from_another_process_apply_in_order_under_load(db: Backend) -> anyhow::Result<()> {
+    const INBOXES: usize = 40;
+    const ITEMS: usize = 4;
+    let probe = Probe::new();
+    let registry = registry(&probe);
+    let api = db.another_store(4).await;
+    let engine = Engine::new(api.clone(), registry.clone());
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let store = db.another_store(6).await;
+        workers.push(Worker::new(store, registry.clone(), fast_config()).spawn());
+    }
+
+    let mut ids = Vec::new();
+    for _ in 0..INBOXES {
+        ids.push(
+            engine
+                .start("test.inbox", None, json!({ "step_ms": 5 }))
+                .await?
+                .id,
+        );
+    }
+    // Interleaved: item i goes to every inbox before item i + 1.
+    for i in 0..ITEMS {
+        for id in &ids {
+            engine
+                .signal(*id, "add", json!(format!("item-{i}")))
+                .await?;
+        }
+    }
+    for id in &ids {
+        engine.signal(*id, "close", json!(null)).await?;
+    }
+
+    let items: Vec<String> = (0..ITEMS).map(|i| format!("item-{i}")).collect();
+    for id in &ids {
+        let done = wait_for_status(&api, *id, Status::Completed).await;
+        assert_eq!(done.output, Some(json!(items)), "{id}");
+        assert_eq!(done.signals_unconsumed, 0);
+        let journal = Journal::load(&db, *id).await;
+        journal.assert_consistent();
+        let causes: Vec<i64> = journal
+            .events
+            .iter()
+            .filter_map(|e| match cause(&e.event) {
+                Some(Cause::Signal { signal_seq, .. }) => Some(*signal_seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(causes, (1..=ITEMS as i64 + 1).collect::<Vec<i64>>(), "{id}");
+        assert!(journal.signals.iter().all(|(_, _, at)| at.is_some()));
+        assert_eq!(journal.attempts.len(), ITEMS);
+    }
+    for worker in workers {
+        worker.shutdown().await?;
     }
     Ok(())
 }

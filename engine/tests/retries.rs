@@ -6,15 +6,19 @@ mod common;
 use common::*;
 use engine::{ActivityOptions, Engine, EventKind, Status, Worker};
 use serde_json::json;
-use sqlx::PgPool;
+
+conformance! {
+    retryable_failures_back_off_per_policy_then_succeed,
+    exhausted_attempts_hand_the_error_to_the_workflow,
+    non_retryable_errors_end_the_call_after_one_attempt,
+}
 
 fn flaky(fail_times: u32, code: &str, retryable: bool) -> serde_json::Value {
     json!({ "flaky": { "fail_times": fail_times, "code": code, "retryable": retryable } })
 }
 
-#[sqlx::test(migrations = false)]
-async fn retryable_failures_back_off_per_policy_then_succeed(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn retryable_failures_back_off_per_policy_then_succeed(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     // 50 ms, doubling, at most 5 attempts.
     let registry = registry(&probe).activity(Flaky {
@@ -31,7 +35,7 @@ async fn retryable_failures_back_off_per_policy_then_succeed(pool: PgPool) -> an
     let done = wait_for_status(&store, started.id, Status::Completed).await;
     assert_eq!(done.output, Some(json!(4)), "the 4th attempt succeeds");
 
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(
         journal.kinds(),
@@ -114,9 +118,8 @@ async fn retryable_failures_back_off_per_policy_then_succeed(pool: PgPool) -> an
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn exhausted_attempts_hand_the_error_to_the_workflow(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn exhausted_attempts_hand_the_error_to_the_workflow(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe).activity(Flaky {
         options: fast_options(3),
@@ -132,7 +135,7 @@ async fn exhausted_attempts_hand_the_error_to_the_workflow(pool: PgPool) -> anyh
     assert_eq!(error.code, "flaky.down");
     assert_eq!(error.message, "attempt 3 fails");
 
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(
         journal.kinds(),
@@ -175,9 +178,8 @@ async fn exhausted_attempts_hand_the_error_to_the_workflow(pool: PgPool) -> anyh
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn non_retryable_errors_end_the_call_after_one_attempt(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn non_retryable_errors_end_the_call_after_one_attempt(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let options = ActivityOptions {
         retry: engine::RetryPolicy {
@@ -205,7 +207,7 @@ async fn non_retryable_errors_end_the_call_after_one_attempt(pool: PgPool) -> an
     ] {
         let failed = wait_for_status(&store, id, Status::Failed).await;
         assert_eq!(failed.error.map(|e| e.code), Some(code.to_owned()));
-        let journal = Journal::load(&store, id).await;
+        let journal = Journal::load(&db, id).await;
         journal.assert_consistent();
         assert_eq!(journal.attempts.len(), 1, "{code}: only one attempt");
         assert_eq!(journal.attempts[0].outcome, "failed");

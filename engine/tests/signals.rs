@@ -8,9 +8,19 @@ use engine::{
     Cause, Engine, EngineError, EventKind, Pending, Status, WaitingOn, Worker, WorkflowId,
 };
 use serde_json::json;
-use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
+
+conformance! {
+    pause_lets_the_running_activity_finish_and_resume_continues,
+    cancel_fires_the_running_activity_token_and_ends_cancelled,
+    cancel_runs_the_workflow_cleanup_path_first,
+    cancel_while_backing_off_ends_cancelled_without_waiting,
+    custom_signals_apply_in_send_order,
+    invalid_signals_are_refused_and_write_nothing,
+    pause_interrupts_an_interruptible_activity_which_keeps_its_result,
+    work_and_cancel_from_another_process_reach_the_worker_through_its_listener,
+}
 
 async fn wait_started(probe: &Arc<Probe>, n: u32) {
     let probe = probe.clone();
@@ -21,22 +31,14 @@ async fn wait_started(probe: &Arc<Probe>, n: u32) {
     .await
 }
 
-async fn signal_count(store: &engine::PgStore, id: WorkflowId) -> (i64, i64) {
-    sqlx::query_as(
-        "select (select count(*) from kodomasu.signals where workflow_id = $1),
-                (select signal_seq from kodomasu.workflows where id = $1)",
-    )
-    .bind(id)
-    .fetch_one(store.pool())
-    .await
-    .expect("count signals")
+async fn signal_count(db: &Backend, id: WorkflowId) -> (i64, i64) {
+    db.reader().signal_count(id).await.expect("count signals")
 }
 
-#[sqlx::test(migrations = false)]
 async fn pause_lets_the_running_activity_finish_and_resume_continues(
-    pool: PgPool,
+    db: Backend,
 ) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
@@ -60,7 +62,7 @@ async fn pause_lets_the_running_activity_finish_and_resume_continues(
         engine.detail(started.id).await?.waiting_on,
         WaitingOn::Paused
     );
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(
         journal.kinds(),
@@ -90,7 +92,7 @@ async fn pause_lets_the_running_activity_finish_and_resume_continues(
     assert_eq!(done.output, Some(json!(3)));
     assert_eq!(probe.started(), 2);
 
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(
         journal.kinds()[6..],
@@ -108,11 +110,10 @@ async fn pause_lets_the_running_activity_finish_and_resume_continues(
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
 async fn cancel_fires_the_running_activity_token_and_ends_cancelled(
-    pool: PgPool,
+    db: Backend,
 ) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
@@ -138,7 +139,7 @@ async fn cancel_fires_the_running_activity_token_and_ends_cancelled(
     assert_eq!(cancelled.pending, Pending::Nothing);
     assert!(cancelled.cancel_requested);
 
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(
         journal.kinds(),
@@ -166,7 +167,7 @@ async fn cancel_fires_the_running_activity_token_and_ends_cancelled(
     );
 
     // Signals to a finished workflow are refused and not stored.
-    let before = signal_count(&store, started.id).await;
+    let before = signal_count(&db, started.id).await;
     for name in ["cancel", "resume"] {
         let err = engine
             .signal(started.id, name, json!(null))
@@ -177,14 +178,13 @@ async fn cancel_fires_the_running_activity_token_and_ends_cancelled(
             "{err:?}"
         );
     }
-    assert_eq!(signal_count(&store, started.id).await, before);
+    assert_eq!(signal_count(&db, started.id).await, before);
     worker.shutdown().await?;
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn cancel_runs_the_workflow_cleanup_path_first(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn cancel_runs_the_workflow_cleanup_path_first(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let cleanup = Probe::new();
     let registry = registry(&probe).activity(Cleanup {
@@ -222,7 +222,7 @@ async fn cancel_runs_the_workflow_cleanup_path_first(pool: PgPool) -> anyhow::Re
     assert_eq!(cleanup.finished(), 1, "the cleanup activity ran once");
     assert_eq!(cancelled.state, json!("CleaningUp"));
 
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     // The second cancel is discarded wherever it lands (while cleaning up, or after the end).
     let discarded = journal.of_kind("signal_discarded");
@@ -274,11 +274,10 @@ async fn cancel_runs_the_workflow_cleanup_path_first(pool: PgPool) -> anyhow::Re
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
 async fn cancel_while_backing_off_ends_cancelled_without_waiting(
-    pool: PgPool,
+    db: Backend,
 ) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+    let store = db.store();
     let probe = Probe::new();
     let mut options = fast_options(5);
     options.retry.initial_interval = Duration::from_secs(600);
@@ -311,16 +310,15 @@ async fn cancel_while_backing_off_ends_cancelled_without_waiting(
     .await;
     engine.signal(started.id, "cancel", json!(null)).await?;
     wait_for_status(&store, started.id, Status::Cancelled).await;
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(journal.attempts.len(), 1);
     worker.shutdown().await?;
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn custom_signals_apply_in_send_order(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn custom_signals_apply_in_send_order(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
@@ -353,7 +351,7 @@ async fn custom_signals_apply_in_send_order(pool: PgPool) -> anyhow::Result<()> 
     assert_eq!(done.output, Some(json!(items)));
     assert_eq!(done.signals_unconsumed, 0);
 
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     let applied: Vec<(i64, String, serde_json::Value)> = journal
         .of_kind("signal_applied")
@@ -405,9 +403,8 @@ async fn custom_signals_apply_in_send_order(pool: PgPool) -> anyhow::Result<()> 
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn invalid_signals_are_refused_and_write_nothing(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn invalid_signals_are_refused_and_write_nothing(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let engine = Engine::new(store.clone(), registry(&probe));
 
@@ -417,7 +414,7 @@ async fn invalid_signals_are_refused_and_write_nothing(pool: PgPool) -> anyhow::
     let chain = engine
         .start("test.chain", None, json!({ "steps": 1, "sleep_ms": 0 }))
         .await?;
-    let before = Journal::load(&store, inbox.id).await;
+    let before = Journal::load(&db, inbox.id).await;
 
     let long_name = "x".repeat(129);
     let refused = [
@@ -449,22 +446,18 @@ async fn invalid_signals_are_refused_and_write_nothing(pool: PgPool) -> anyhow::
         "{err:?}"
     );
 
-    let after = Journal::load(&store, inbox.id).await;
+    let after = Journal::load(&db, inbox.id).await;
     assert_eq!(after.signals, before.signals);
     assert_eq!(after.snapshot, before.snapshot);
     assert_eq!(after.events.len(), before.events.len());
-    let signals: i64 = sqlx::query_scalar("select count(*) from kodomasu.signals")
-        .fetch_one(store.pool())
-        .await?;
-    assert_eq!(signals, 0);
+    assert_eq!(db.reader().counts().await?.signals, 0);
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
 async fn pause_interrupts_an_interruptible_activity_which_keeps_its_result(
-    pool: PgPool,
+    db: Backend,
 ) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+    let store = db.store();
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
@@ -485,7 +478,7 @@ async fn pause_interrupts_an_interruptible_activity_which_keeps_its_result(
     let done = wait_for_status(&store, started.id, Status::Completed).await;
     assert_eq!(done.output, Some(json!("interrupted")));
     assert!(probe.saw_cancel(), "the body saw its token fire on pause");
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(
         journal
@@ -495,6 +488,53 @@ async fn pause_interrupts_an_interruptible_activity_which_keeps_its_result(
             .count(),
         1
     );
+    worker.shutdown().await?;
+    Ok(())
+}
+
+/// The API and the worker are separate processes (separate stores and pools). With the worker's
+/// fallback poll and lease renewals 30 s apart, only the store's wake-up hints (NOTIFY on
+/// PostgreSQL, the listener's short poll on SQLite) can bring it the new workflow and the cancel
+/// within the few seconds this test allows.
+async fn work_and_cancel_from_another_process_reach_the_worker_through_its_listener(
+    db: Backend,
+) -> anyhow::Result<()> {
+    let probe = Probe::new();
+    let registry = registry(&probe);
+    let api = db.another_store(2).await;
+    let engine = Engine::new(api.clone(), registry.clone());
+    let slow_fallbacks = engine::WorkerConfig {
+        lease_ttl: Duration::from_secs(60),
+        heartbeat_interval: Duration::from_secs(30),
+        poll_interval: Duration::from_secs(30),
+        ..fast_config()
+    };
+    let worker = Worker::new(db.store(), registry, slow_fallbacks).spawn();
+    // Let the worker's first claim (at start) find nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let t0 = tokio::time::Instant::now();
+    let started = engine
+        .start(
+            "test.call_one",
+            None,
+            json!({ "step": { "value": 1, "sleep_ms": 600_000 } }),
+        )
+        .await?;
+    wait_started(&probe, 1).await;
+    let picked_up = t0.elapsed();
+    engine.signal(started.id, "cancel", json!(null)).await?;
+    wait_for_status(&api, started.id, Status::Cancelled).await;
+    assert!(probe.saw_cancel(), "the running body saw its token fire");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "picked up after {picked_up:?}, cancelled after {:?}: hints did not arrive",
+        t0.elapsed()
+    );
+    let journal = Journal::load(&db, started.id).await;
+    journal.assert_consistent();
+    assert_eq!(journal.attempts.len(), 1);
+    assert_eq!(journal.attempts[0].outcome, "cancelled");
     worker.shutdown().await?;
     Ok(())
 }

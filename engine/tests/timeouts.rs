@@ -6,12 +6,18 @@ mod common;
 use common::*;
 use engine::{ActivityError, ActivityOptions, Engine, EventKind, Pending, Status, Worker};
 use serde_json::json;
-use sqlx::PgPool;
 use std::time::Duration;
 
-#[sqlx::test(migrations = false)]
-async fn start_to_close_timeout_times_out_each_attempt(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+conformance! {
+    start_to_close_timeout_times_out_each_attempt,
+    heartbeat_timeout_fails_a_silent_attempt,
+    schedule_to_close_deadline_ends_the_call,
+    heartbeating_activity_outlives_its_heartbeat_timeout_and_persists_details,
+    retried_attempt_resumes_from_last_heartbeat_details,
+}
+
+async fn start_to_close_timeout_times_out_each_attempt(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let options = ActivityOptions {
         start_to_close_timeout: Duration::from_millis(200),
@@ -35,7 +41,7 @@ async fn start_to_close_timeout_times_out_each_attempt(pool: PgPool) -> anyhow::
     );
     assert!(probe.saw_cancel(), "the body's token fired at the timeout");
 
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(journal.attempts.len(), 2);
     for a in &journal.attempts {
@@ -51,9 +57,8 @@ async fn start_to_close_timeout_times_out_each_attempt(pool: PgPool) -> anyhow::
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn heartbeat_timeout_fails_a_silent_attempt(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn heartbeat_timeout_fails_a_silent_attempt(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let options = ActivityOptions {
         heartbeat_timeout: Some(Duration::from_millis(300)),
@@ -81,7 +86,7 @@ async fn heartbeat_timeout_fails_a_silent_attempt(pool: PgPool) -> anyhow::Resul
     );
     assert!(probe.saw_cancel());
 
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     let attempts: Vec<(i32, &str, Option<&str>)> = journal
         .attempts
@@ -105,9 +110,8 @@ async fn heartbeat_timeout_fails_a_silent_attempt(pool: PgPool) -> anyhow::Resul
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn schedule_to_close_deadline_ends_the_call(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn schedule_to_close_deadline_ends_the_call(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     // Attempts of 300 ms, unlimited retries, but 1 s over all attempts.
     let options = ActivityOptions {
@@ -136,7 +140,7 @@ async fn schedule_to_close_deadline_ends_the_call(pool: PgPool) -> anyhow::Resul
         Some(ActivityError::SCHEDULE_TO_CLOSE_TIMEOUT)
     );
 
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert!(journal.attempts.len() >= 2, "{:?}", journal.attempts);
     let first = &journal.attempts[0];
@@ -170,11 +174,10 @@ async fn schedule_to_close_deadline_ends_the_call(pool: PgPool) -> anyhow::Resul
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
 async fn heartbeating_activity_outlives_its_heartbeat_timeout_and_persists_details(
-    pool: PgPool,
+    db: Backend,
 ) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+    let store = db.store();
     let probe = Probe::new();
     let options = ActivityOptions {
         heartbeat_timeout: Some(Duration::from_millis(400)),
@@ -219,16 +222,12 @@ async fn heartbeating_activity_outlives_its_heartbeat_timeout_and_persists_detai
         record.heartbeat_details,
         Some(json!({ "attempt": 1, "beat": beat }))
     );
-    let heartbeat_at: Option<chrono::DateTime<chrono::Utc>> =
-        sqlx::query_scalar("select heartbeat_at from kodomasu.workflows where id = $1")
-            .bind(started.id)
-            .fetch_one(store.pool())
-            .await?;
+    let heartbeat_at = db.reader().heartbeat_at(started.id).await?;
     assert!(heartbeat_at.is_some());
 
     let done = wait_for_status(&store, started.id, Status::Completed).await;
     assert_eq!(done.output, Some(json!(30)));
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(journal.attempts.len(), 1);
     assert_eq!(journal.attempts[0].outcome, "completed");
@@ -237,9 +236,8 @@ async fn heartbeating_activity_outlives_its_heartbeat_timeout_and_persists_detai
     Ok(())
 }
 
-#[sqlx::test(migrations = false)]
-async fn retried_attempt_resumes_from_last_heartbeat_details(pool: PgPool) -> anyhow::Result<()> {
-    let store = setup(pool).await;
+async fn retried_attempt_resumes_from_last_heartbeat_details(db: Backend) -> anyhow::Result<()> {
+    let store = db.store();
     let probe = Probe::new();
     let options = ActivityOptions {
         heartbeat_timeout: Some(Duration::from_secs(2)),
@@ -267,7 +265,7 @@ async fn retried_attempt_resumes_from_last_heartbeat_details(pool: PgPool) -> an
         [(1, None), (2, Some(json!({ "attempt": 1, "beat": 5 }))),],
         "attempt 2 sees the last heartbeat of attempt 1"
     );
-    let journal = Journal::load(&store, started.id).await;
+    let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     let outcomes: Vec<&str> = journal
         .attempts

@@ -1,16 +1,22 @@
-//! The storage boundary. The runtime talks to the journal only through [`Store`], so a second
-//! backend can be added without touching the worker or the engine.
+//! The storage boundary. The runtime talks to the journal only through [`Store`]; two backends
+//! implement it: [`PgStore`] (PostgreSQL, production) and [`SqliteStore`] (one embedded file,
+//! the zero-setup default). Both pass the same conformance suite (`engine/tests`).
 //!
 //! Contract every backend keeps:
 //! - a [`StepCommit`] is one transaction, applied only if the lease owner, lease epoch and
 //!   version still match (else [`StoreError::Fenced`]);
 //! - events get gapless sequence numbers equal to the version they produce;
-//! - a claim increments the lease epoch and uses the database clock;
-//! - an accepted signal is durable before `send_signal` returns.
+//! - a claim takes only due, unleased (or lease-expired) workflows of the given types, increments
+//!   the lease epoch, reports the expired holder in `recovered_from`, and uses the database clock;
+//! - an accepted signal is durable before `send_signal` returns, and signals of a workflow are
+//!   ordered by their gapless `seq`;
+//! - [`Store::listen`] hints are best effort; workers also poll.
 
 mod postgres;
+mod sqlite;
 
 pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 use crate::activity::ActivityError;
 use crate::journal::{

@@ -1,20 +1,28 @@
-//! Shared harness of the engine's database tests: test workflows and activities, fast worker
-//! settings, polling helpers with timeouts, and the journal checker.
+//! Shared harness of the engine's conformance tests: the two backends, test workflows and
+//! activities, fast worker settings, polling helpers with timeouts, and the journal checker.
 //!
-//! Every test runs against a real PostgreSQL in a fresh database (`#[sqlx::test]`), so these
-//! helpers read the journal tables directly instead of trusting the store's own queries.
+//! Every behaviour test is written once against `Arc<dyn Store>` and instantiated by
+//! [`conformance!`] for PostgreSQL (a fresh database per test) and SQLite (a fresh file per
+//! test). The journal checker reads the tables directly through a [`JournalReader`] instead of
+//! trusting the store's own queries.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
+
+mod backend;
+mod reader;
+
+pub(crate) use backend::conformance;
+pub use backend::{Backend, Kind, Scratch};
+pub use reader::{Counts, JournalReader};
 
 use chrono::{DateTime, Utc};
 use engine::{
     Activity, ActivityCall, ActivityContext, ActivityError, ActivityOptions, ActivityOutcome,
-    Cause, EventKind, Next, Pending, PgStore, Registry, RetryPolicy, Status, Store, Transition,
+    Cause, EventKind, Next, Pending, Registry, RetryPolicy, Status, Store, Transition,
     WorkerConfig, Workflow, WorkflowError, WorkflowId, WorkflowRecord,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::{PgPool, Row};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::Location;
@@ -25,13 +33,6 @@ use std::time::Duration;
 /// How long any wait for the engine may take before the test fails. Generous on purpose: tests
 /// assert what happens, never how fast.
 pub const WAIT: Duration = Duration::from_secs(20);
-
-/// A migrated store over the test's fresh database.
-pub async fn setup(pool: PgPool) -> Arc<PgStore> {
-    let store = Arc::new(PgStore::new(pool));
-    store.migrate().await.expect("migrations apply");
-    store
-}
 
 /// Worker settings with short durations so tests move quickly.
 pub fn fast_config() -> WorkerConfig {
@@ -689,7 +690,7 @@ where
 /// terminal status, and after [`WAIT`] otherwise.
 #[track_caller]
 pub fn wait_for_status(
-    store: &Arc<PgStore>,
+    store: &Arc<dyn Store>,
     id: WorkflowId,
     status: Status,
 ) -> impl Future<Output = WorkflowRecord> {
@@ -725,7 +726,7 @@ pub fn wait_for_status(
 }
 
 /// The snapshot of `id`, which must exist.
-pub async fn snapshot(store: &PgStore, id: WorkflowId) -> WorkflowRecord {
+pub async fn snapshot(store: &Arc<dyn Store>, id: WorkflowId) -> WorkflowRecord {
     store
         .get_workflow(id)
         .await
@@ -737,7 +738,7 @@ pub async fn snapshot(store: &PgStore, id: WorkflowId) -> WorkflowRecord {
 // The journal, read directly from the tables
 // ---------------------------------------------------------------------------------------------
 
-/// One row of `kodomasu.events`.
+/// One row of the events table.
 #[derive(Debug, Clone)]
 pub struct EventRow {
     pub seq: i64,
@@ -746,7 +747,7 @@ pub struct EventRow {
     pub created_at: DateTime<Utc>,
 }
 
-/// One row of `kodomasu.activity_attempts`.
+/// One row of the activity attempts table.
 #[derive(Debug, Clone)]
 pub struct AttemptRow {
     pub call_seq: i64,
@@ -773,66 +774,14 @@ pub struct Journal {
 
 impl Journal {
     /// Reads the journal of `id` straight from the tables.
-    pub async fn load(store: &PgStore, id: WorkflowId) -> Self {
-        let pool = store.pool();
-        let snapshot = snapshot(store, id).await;
-        let events = sqlx::query(
-            "select seq, kind, payload, created_at from kodomasu.events where workflow_id = $1 order by seq",
-        )
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .expect("read events")
-        .iter()
-        .map(|r| {
-            let payload: Value = r.get("payload");
-            EventRow {
-                seq: r.get("seq"),
-                kind: r.get("kind"),
-                event: serde_json::from_value(payload.clone())
-                    .unwrap_or_else(|e| panic!("event payload {payload} decodes: {e}")),
-                created_at: r.get("created_at"),
-            }
-        })
-        .collect();
-        let attempts = sqlx::query(
-            "select * from kodomasu.activity_attempts where workflow_id = $1 order by call_seq, attempt",
-        )
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .expect("read attempts")
-        .iter()
-        .map(|r| AttemptRow {
-            call_seq: r.get("call_seq"),
-            attempt: r.get("attempt"),
-            activity_name: r.get("activity_name"),
-            worker_id: r.get("worker_id"),
-            outcome: r.get("outcome"),
-            error: r
-                .get::<Option<Value>, _>("error")
-                .map(|e| serde_json::from_value(e).expect("attempt error decodes")),
-            started_at: r.get("started_at"),
-            finished_at: r.get("finished_at"),
-            duration_ms: r.get("duration_ms"),
-        })
-        .collect();
-        let signals = sqlx::query(
-            "select seq, name, consumed_in from kodomasu.signals where workflow_id = $1 order by seq",
-        )
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .expect("read signals")
-        .iter()
-        .map(|r| (r.get("seq"), r.get("name"), r.get("consumed_in")))
-        .collect();
+    pub async fn load(db: &Backend, id: WorkflowId) -> Self {
+        let reader = db.reader();
         Self {
             id,
-            snapshot,
-            events,
-            attempts,
-            signals,
+            snapshot: snapshot(&db.store(), id).await,
+            events: reader.events(id).await.expect("read events"),
+            attempts: reader.attempts(id).await.expect("read attempts"),
+            signals: reader.signals(id).await.expect("read signals"),
         }
     }
 
