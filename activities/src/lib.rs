@@ -4,6 +4,10 @@
 
 pub mod breaker;
 pub mod error;
+pub mod kodosumi;
+pub mod masumi;
+pub mod secret;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use error::ClientError;
+pub use secret::Secret;
