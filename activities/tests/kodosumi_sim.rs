@@ -671,7 +671,7 @@ async fn a_retried_launch_adopts_the_run_of_an_ambiguous_first_attempt() {
         flow_url: url.clone(),
         flow_summary: "Hello World".into(),
         inputs: map(json!({"name": "Alice", "seconds": "1", "fail": "on", "style": "plain"})),
-        intent_at,
+        intent_at: Some(intent_at),
     };
 
     // Attempt 1: Kodosumi starts the run but the answer never comes.

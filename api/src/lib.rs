@@ -2,6 +2,8 @@
 //! the settings of the `kodomasu` binary.
 
 pub mod error;
+pub mod flows;
+pub mod paid;
 pub mod routes;
 pub mod settings;
 
@@ -10,6 +12,7 @@ use engine::Engine;
 use std::sync::Arc;
 
 pub use error::ApiError;
+pub use paid::PaidJobs;
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -18,12 +21,15 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// Paid jobs' clients and flow catalog; `None` when Masumi and Kodosumi are not configured.
+    pub paid: Option<Arc<PaidJobs>>,
 }
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(routes::health::router())
+        .merge(routes::mip003::router())
         .nest(
             "/api/v1",
             routes::workflows::router().merge(routes::workers::router()),

@@ -1,11 +1,17 @@
-//! The `kodomasu` binary: the composition root of engine, workflows and HTTP server.
+//! The `kodomasu` binary: the composition root of engine, workflows, clients and HTTP server.
 
+use activities::kodosumi::sim::{self as kodosumi_sim, KodosumiSimConfig};
+use activities::masumi::sim::{self as masumi_sim, BuyerBehavior, MasumiSimConfig};
 use anyhow::Context;
-use api::AppState;
-use api::settings::{Cli, Command, DbArgs, LogFormat, ServerArgs, WorkerArgs};
+use api::settings::{
+    BuyerArg, Cli, Command, DbArgs, KodosumiSimArgs, LogFormat, MasumiSimArgs, ServerArgs,
+    ServiceArgs, SimCommand, WorkerArgs,
+};
+use api::{AppState, PaidJobs};
 use clap::Parser;
-use engine::{Engine, PgStore, Store, Worker};
+use engine::{Engine, PgStore, SqliteStore, Store, Worker};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -21,45 +27,50 @@ async fn main() -> anyhow::Result<()> {
         wait_for_stop_signal().await;
         tracing::info!("shutdown requested");
         signals.cancel();
-        anyhow::Ok(())
     });
 
-    match cli.command {
+    let result = run(cli.command, shutdown.clone()).await;
+    shutdown.cancel();
+    tasks.abort_all();
+    result
+}
+
+async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match command {
         Command::Migrate(db) => {
             let store = connect(&db).await?;
             store.migrate().await.context("applying migrations")?;
-            println!("migrations applied");
+            println!("migrations applied to {}", redact(&db.url()));
+            Ok(())
         }
-        Command::Worker { db, worker } => {
+        Command::Worker {
+            db,
+            worker,
+            services,
+        } => {
             let store = prepare(&db).await?;
-            run_worker(store, &worker, shutdown.clone()).await?;
+            let paid = PaidJobs::from_args(&services)?.map(Arc::new);
+            run_worker(store, &worker, paid, shutdown).await
         }
-        Command::Server { db, server } => {
+        Command::Server {
+            db,
+            server,
+            services,
+        } => {
             let store = prepare(&db).await?;
-            run_server(store, &server, shutdown.clone()).await?;
+            let paid = PaidJobs::from_args(&services)?.map(Arc::new);
+            let listener = bind(&server).await?;
+            run_server(store, listener, paid, shutdown).await
         }
-        Command::Dev { db, server, worker } => {
-            let store = prepare(&db).await?;
-            let mut parts = JoinSet::new();
-            parts.spawn({
-                let (store, worker, token) = (store.clone(), worker.clone(), shutdown.clone());
-                async move { run_worker(store, &worker, token).await }
-            });
-            parts.spawn({
-                let (store, server, token) = (store.clone(), server.clone(), shutdown.clone());
-                async move { run_server(store, &server, token).await }
-            });
-            while let Some(res) = parts.join_next().await {
-                // One part failing stops the other.
-                if let Ok(Err(e)) = res {
-                    shutdown.cancel();
-                    return Err(e);
-                }
-            }
-        }
+        Command::Dev {
+            db,
+            server,
+            worker,
+            services,
+        } => run_dev(db, server, worker, services, shutdown).await,
+        Command::Sim(SimCommand::Masumi(args)) => run_masumi_sim(&args, shutdown).await,
+        Command::Sim(SimCommand::Kodosumi(args)) => run_kodosumi_sim(&args, shutdown).await,
     }
-    tasks.abort_all();
-    Ok(())
 }
 
 fn init_tracing(format: LogFormat) {
@@ -89,14 +100,28 @@ async fn wait_for_stop_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Opens the journal named by the URL: PostgreSQL for `postgres://`, SQLite for `sqlite:`.
 async fn connect(db: &DbArgs) -> anyhow::Result<Arc<dyn Store>> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(db.max_connections)
-        .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(&db.database_url)
-        .await
-        .with_context(|| format!("connecting to the database at {}", redact(&db.database_url)))?;
-    Ok(Arc::new(PgStore::new(pool)))
+    let url = db.url();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(db.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {}", redact(&url)))?;
+        Ok(Arc::new(PgStore::new(pool)))
+    } else if url.starts_with("sqlite:") {
+        let store = SqliteStore::connect(&url)
+            .await
+            .with_context(|| format!("opening the SQLite journal {url}"))?;
+        Ok(Arc::new(store))
+    } else {
+        anyhow::bail!(
+            "unsupported database URL `{}`: use postgres://… or sqlite://…",
+            redact(&url)
+        )
+    }
 }
 
 async fn prepare(db: &DbArgs) -> anyhow::Result<Arc<dyn Store>> {
@@ -121,31 +146,249 @@ fn redact(url: &str) -> String {
     }
 }
 
+fn registry(paid: Option<&Arc<PaidJobs>>) -> engine::Registry {
+    workflows::registry(paid.map(|p| &p.services))
+}
+
 async fn run_worker(
     store: Arc<dyn Store>,
     args: &WorkerArgs,
+    paid: Option<Arc<PaidJobs>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = args.config().map_err(anyhow::Error::msg)?;
-    let worker = Worker::new(store, workflows::registry(), config);
+    let worker = Worker::new(store, registry(paid.as_ref()), config);
     worker.run(shutdown).await.context("worker failed")
+}
+
+async fn bind(args: &ServerArgs) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))
 }
 
 async fn run_server(
     store: Arc<dyn Store>,
-    args: &ServerArgs,
+    listener: tokio::net::TcpListener,
+    paid: Option<Arc<PaidJobs>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let engine = Arc::new(Engine::new(store, workflows::registry()));
+    let engine = Arc::new(Engine::new(store, registry(paid.as_ref())));
+    let addr = listener.local_addr()?;
+    let mut background = JoinSet::new();
+    if let Some(paid) = &paid {
+        match paid.catalog.sync().await {
+            Ok(n) => tracing::info!(flows = n, "flows synced from Kodosumi"),
+            Err(e) => {
+                tracing::warn!(error.message = %e, "flow sync failed; retrying in the background")
+            }
+        }
+        let catalog = paid.catalog.clone();
+        background.spawn(catalog.sync_loop(paid.flow_sync_interval, shutdown.clone()));
+    }
+    tracing::info!(%addr, "HTTP server listening");
+    let result = api::serve(listener, AppState { engine, paid }, shutdown.clone()).await;
+    shutdown.cancel();
+    while background.join_next().await.is_some() {}
+    result.context("HTTP server failed")
+}
+
+fn faults_masumi(f: &api::settings::FaultArgs) -> masumi_sim::Faults {
+    masumi_sim::Faults {
+        error_rate: f.error_rate,
+        latency_ms: f.latency.as_millis() as u64,
+        hang_rate: f.hang_rate,
+        ..masumi_sim::Faults::default()
+    }
+}
+
+fn faults_kodosumi(f: &api::settings::FaultArgs) -> kodosumi_sim::Faults {
+    kodosumi_sim::Faults {
+        error_rate: f.error_rate,
+        latency_ms: f.latency.as_millis() as u64,
+        hang_rate: f.hang_rate,
+    }
+}
+
+fn masumi_sim_config(args: &MasumiSimArgs) -> MasumiSimConfig {
+    let after_ms = args.pay_after.as_millis() as u64;
+    MasumiSimConfig {
+        default_buyer: match args.buyer {
+            BuyerArg::Pay => BuyerBehavior::Pay { after_ms },
+            BuyerArg::Never => BuyerBehavior::NeverPay,
+            BuyerArg::Invalid => BuyerBehavior::PayInvalid { after_ms },
+            BuyerArg::Refund => BuyerBehavior::RequestRefund { after_ms },
+            BuyerArg::Dispute => BuyerBehavior::Dispute { after_ms },
+        },
+        chain_step_ms: args.chain_step.as_millis() as u64,
+        fast_clock: args.fast_clock,
+        faults: faults_masumi(&args.faults),
+        ..MasumiSimConfig::default()
+    }
+}
+
+fn kodosumi_sim_config(args: &KodosumiSimArgs) -> KodosumiSimConfig {
+    let mut config = KodosumiSimConfig {
+        token_ttl: args.token_ttl,
+        faults: faults_kodosumi(&args.faults),
+        ..KodosumiSimConfig::default()
+    };
+    for flow in &mut config.flows {
+        flow.behavior.duration_ms = args.flow_duration.as_millis() as u64;
+    }
+    config
+}
+
+async fn run_masumi_sim(args: &MasumiSimArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "HTTP server listening");
-    println!("kodomasu server listening on http://{addr}");
-    api::serve(listener, AppState { engine }, shutdown)
+    println!(
+        "Masumi simulator on http://{addr}/api/v1 (token `{}`, agent `{}`)",
+        masumi_sim::SIM_TOKEN,
+        masumi_sim::SIM_AGENT_IDENTIFIER
+    );
+    println!("  test controls: http://{addr}/_sim/payments, POST /_sim/buyers, POST /_sim/faults");
+    masumi_sim::serve(listener, masumi_sim_config(args), shutdown)
         .await
-        .context("HTTP server failed")
+        .context("Masumi simulator failed")
+}
+
+async fn run_kodosumi_sim(
+    args: &KodosumiSimArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    println!("Kodosumi simulator on http://{addr} (login admin/admin)");
+    println!(
+        "  test controls: http://{addr}/_sim/launches, POST /_sim/faults, POST /_sim/expire_tokens"
+    );
+    kodosumi_sim::serve(listener, kodosumi_sim_config(args), shutdown)
+        .await
+        .context("Kodosumi simulator failed")
+}
+
+/// Everything in one process: simulators (unless real services are configured), server, workers.
+async fn run_dev(
+    db: DbArgs,
+    server: ServerArgs,
+    worker: WorkerArgs,
+    mut services: ServiceArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut parts: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let mut sims = Vec::new();
+    if services.masumi_url.is_none() && services.kodosumi_url.is_none() {
+        let masumi_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let kodosumi_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let masumi_addr = masumi_listener.local_addr()?;
+        let kodosumi_addr = kodosumi_listener.local_addr()?;
+        let masumi_config = MasumiSimConfig {
+            default_buyer: BuyerBehavior::Pay { after_ms: 2_000 },
+            fast_clock: true,
+            seller_window_ms: 10_000,
+            ..MasumiSimConfig::default()
+        };
+        let token = shutdown.clone();
+        parts.spawn(async move {
+            masumi_sim::serve(masumi_listener, masumi_config, token)
+                .await
+                .context("Masumi simulator")
+        });
+        let token = shutdown.clone();
+        parts.spawn(async move {
+            kodosumi_sim::serve(kodosumi_listener, KodosumiSimConfig::default(), token)
+                .await
+                .context("Kodosumi simulator")
+        });
+        services.masumi_url = Some(format!("http://{masumi_addr}/api/v1"));
+        services.masumi_token = Some(masumi_sim::SIM_TOKEN.to_owned());
+        services.kodosumi_url = Some(format!("http://{kodosumi_addr}"));
+        services.kodosumi_password = Some("admin".to_owned());
+        services
+            .agent_identifier
+            .get_or_insert_with(|| masumi_sim::SIM_AGENT_IDENTIFIER.to_owned());
+        sims.push(format!("Masumi simulator:   http://{masumi_addr}/api/v1   (payments: http://{masumi_addr}/_sim/payments)"));
+        sims.push(format!("Kodosumi simulator: http://{kodosumi_addr}   (runs: http://{kodosumi_addr}/_sim/launches)"));
+    }
+    let store = prepare(&db).await?;
+    let paid = PaidJobs::from_args(&services)?.map(Arc::new);
+    let listener = bind(&server).await?;
+    let addr = listener.local_addr()?;
+    {
+        let (store, paid, token) = (store.clone(), paid.clone(), shutdown.clone());
+        parts.spawn(async move { run_server(store, listener, paid, token).await });
+    }
+    {
+        let (store, paid, token) = (store.clone(), paid.clone(), shutdown.clone());
+        parts.spawn(async move { run_worker(store, &worker, paid, token).await });
+    }
+
+    // Wait for the first flow sync so the printed curl line works.
+    let mut flow_line = None;
+    if let Some(paid) = &paid {
+        for _ in 0..100 {
+            if let Some(flow) = paid
+                .catalog
+                .list()
+                .into_iter()
+                .find(|f| f.unavailable_reason().is_none())
+            {
+                flow_line = Some(flow);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!();
+    println!("kodomasu dev is running");
+    println!("  journal:            {}", redact(&db.url()));
+    println!(
+        "  API:                http://{addr}   (admin: http://{addr}/api/v1/workflows, health: http://{addr}/health)"
+    );
+    for line in &sims {
+        println!("  {line}");
+    }
+    if let Some(flow) = flow_line {
+        let purchaser = format!("{:016x}", fastrand_u64());
+        println!();
+        println!("Start a paid job on flow \"{}\":", flow.summary);
+        println!(
+            "  curl -s -X POST http://{addr}/{uid}/start_job -H 'content-type: application/json' \\\n    -d '{{\"identifier_from_purchaser\":\"{purchaser}\",\"input_data\":{{\"name\":\"Alice\"}}}}'",
+            uid = flow.uid
+        );
+        println!("Then follow it:");
+        println!(
+            "  curl -s 'http://{addr}/{}/status?job_id=<id from the answer>'",
+            flow.uid
+        );
+    }
+    println!();
+
+    let mut result = Ok(());
+    while let Some(joined) = parts.join_next().await {
+        // One part failing stops the others.
+        if let Ok(Err(e)) = joined {
+            shutdown.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
+}
+
+/// A random purchaser id for the printed example.
+fn fastrand_u64() -> u64 {
+    let id = uuid::Uuid::new_v4();
+    let bytes = id.as_bytes();
+    u64::from_le_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ])
 }
 
 #[cfg(test)]

@@ -25,15 +25,20 @@ pub enum Command {
         db: DbArgs,
         #[command(flatten)]
         worker: WorkerArgs,
+        #[command(flatten)]
+        services: ServiceArgs,
     },
-    /// Run the HTTP server (admin API, health).
+    /// Run the HTTP server (MIP-003 endpoints, admin API, health).
     Server {
         #[command(flatten)]
         db: DbArgs,
         #[command(flatten)]
         server: ServerArgs,
+        #[command(flatten)]
+        services: ServiceArgs,
     },
-    /// Run server and workers in one process (development and small deployments).
+    /// Run everything in one process: server, workers and, unless their URLs are given, the
+    /// Masumi and Kodosumi simulators. Prints the URLs and a curl line that starts a paid job.
     Dev {
         #[command(flatten)]
         db: DbArgs,
@@ -41,7 +46,93 @@ pub enum Command {
         server: ServerArgs,
         #[command(flatten)]
         worker: WorkerArgs,
+        #[command(flatten)]
+        services: ServiceArgs,
     },
+    /// Run a simulator of an external service (a real HTTP server speaking its API).
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// The Masumi payment service (seller endpoints under /api/v1, test controls under /_sim).
+    Masumi(MasumiSimArgs),
+    /// Kodosumi 1.1.0's panel API (login admin/admin; test controls under /_sim).
+    Kodosumi(KodosumiSimArgs),
+}
+
+/// How the simulated buyer of each payment behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BuyerArg {
+    /// Pays after `--pay-after`.
+    Pay,
+    /// Never pays.
+    Never,
+    /// Pays wrongly (FundsOrDatumInvalid).
+    Invalid,
+    /// Pays, then requests a refund after `--pay-after`.
+    Refund,
+    /// Pays, then disputes a submitted result after `--pay-after`.
+    Dispute,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MasumiSimArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "KODOMASU_MASUMI_SIM_LISTEN",
+        default_value = "127.0.0.1:3001"
+    )]
+    pub listen: SocketAddr,
+    /// Default buyer of new payments (tests preset others with POST /_sim/buyers).
+    #[arg(long, value_enum, default_value_t = BuyerArg::Pay)]
+    pub buyer: BuyerArg,
+    /// Delay of the buyer's action.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub pay_after: Duration,
+    /// Duration of each chain step of a transaction.
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    pub chain_step: Duration,
+    /// Compress deadline-bound steps (withdrawals, refunds) instead of waiting for real deadlines.
+    #[arg(long)]
+    pub fast_clock: bool,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KodosumiSimArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "KODOMASU_KODOSUMI_SIM_LISTEN",
+        default_value = "127.0.0.1:3370"
+    )]
+    pub listen: SocketAddr,
+    /// Run time of each flow execution.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub flow_duration: Duration,
+    /// Lifetime of login tokens.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub token_ttl: Duration,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// Faults a simulator injects (change them at run time with POST /_sim/faults).
+#[derive(Debug, Clone, Args)]
+pub struct FaultArgs {
+    /// Share of requests answered with a server error.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Delay added to every request.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+    /// Share of requests that never get an answer.
+    #[arg(long, default_value_t = 0.0)]
+    pub hang_rate: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,20 +150,71 @@ pub struct LogArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// PostgreSQL URL of the journal.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    pub database_url: String,
-    /// Maximum connections in this process's pool.
+    /// The journal: `postgres://…` (production) or `sqlite://path`. When unset, an embedded
+    /// SQLite file in `--data-dir`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Where the embedded SQLite journal lives when no database URL is given.
+    #[arg(long, env = "KODOMASU_DATA_DIR", default_value = "kodomasu-data")]
+    pub data_dir: std::path::PathBuf,
+    /// Maximum connections in this process's pool (PostgreSQL).
     #[arg(long, env = "KODOMASU_MAX_CONNECTIONS", default_value_t = 16)]
     pub max_connections: u32,
     /// Do not apply migrations at start (they are applied by default; concurrent starts are safe).
     #[arg(long, env = "KODOMASU_SKIP_MIGRATE")]
     pub skip_migrate: bool,
+}
+
+impl DbArgs {
+    /// The database URL to use: the given one, or the SQLite file in the data directory.
+    pub fn url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.trim().is_empty() => url.clone(),
+            _ => format!("sqlite://{}", self.data_dir.join("kodomasu.db").display()),
+        }
+    }
+}
+
+/// Connections to Masumi and Kodosumi and how flows are sold. Without both URLs, paid jobs are
+/// off (the MIP-003 endpoints answer 503) and only the engine runs.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// Base URL of the Masumi payment service, e.g. `http://host:3001/api/v1`.
+    #[arg(long, env = "MASUMI_URL")]
+    pub masumi_url: Option<String>,
+    /// API key of the payment service (header `token`); needs PAY permission.
+    #[arg(long, env = "MASUMI_TOKEN", hide_env_values = true)]
+    pub masumi_token: Option<String>,
+    /// Base URL of the Kodosumi panel, e.g. `http://host:3370`.
+    #[arg(long, env = "KODOSUMI_URL")]
+    pub kodosumi_url: Option<String>,
+    /// Kodosumi user name.
+    #[arg(long, env = "KODOSUMI_USER", default_value = "admin")]
+    pub kodosumi_user: String,
+    /// Kodosumi password.
+    #[arg(long, env = "KODOSUMI_PASSWORD", hide_env_values = true)]
+    pub kodosumi_password: Option<String>,
+    /// TOML file with each flow's sale settings (`[defaults]`, `[flows."<uid or summary>"]`).
+    #[arg(long, env = "KODOMASU_FLOWS_FILE")]
+    pub flows_file: Option<std::path::PathBuf>,
+    /// Masumi agent identifier of flows the flows file does not configure.
+    #[arg(long, env = "KODOMASU_AGENT_IDENTIFIER")]
+    pub agent_identifier: Option<String>,
+    /// Cardano network of payments: Preprod or Mainnet.
+    #[arg(long, env = "KODOMASU_NETWORK", default_value = "Preprod")]
+    pub network: String,
+    /// Time the buyer has to pay, from start_job.
+    #[arg(long, env = "KODOMASU_PAY_BY", default_value = "12h", value_parser = humantime::parse_duration)]
+    pub pay_by: Duration,
+    /// Time to submit the result, from start_job (Masumi requires at least 15 min).
+    #[arg(long, env = "KODOMASU_SUBMIT_RESULT_WITHIN", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub submit_result_within: Duration,
+    /// How often flows are synced from Kodosumi.
+    #[arg(long, env = "KODOMASU_FLOW_SYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub flow_sync_interval: Duration,
+    /// How long start_job waits for the payment request before it answers 504.
+    #[arg(long, env = "KODOMASU_START_JOB_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub start_job_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -42,7 +42,7 @@ async fn killed_workers_lose_nothing() -> anyhow::Result<()> {
     }
 
     let store: Arc<dyn engine::Store> = Arc::new(engine::PgStore::new(db.pool.clone()));
-    let engine = Engine::new(store, workflows::registry());
+    let engine = Engine::new(store, workflows::registry(None));
     for i in 0..WORKFLOWS {
         let steps = 3 + fastrand::u32(0..3);
         let input = serde_json::json!({"steps": steps, "sleep_ms": fastrand::u64(300..1200), "fail_prob": 0.1});

@@ -76,10 +76,11 @@ pub struct LaunchInput {
     pub flow_summary: String,
     /// The launch body, already converted ([`super::schema::to_launch_inputs`]).
     pub inputs: Map<String, Value>,
-    /// When the workflow journaled its intent to launch (before the first attempt). A retry
-    /// looks for runs since the earlier of this and the call's `scheduled_at`, minus
-    /// [`CLOCK_SKEW`].
-    pub intent_at: DateTime<Utc>,
+    /// When the workflow decided to launch, if earlier than this call's journaled
+    /// `scheduled_at` (which is the intent otherwise). A retry looks for runs since the earlier
+    /// of the two, minus [`CLOCK_SKEW`].
+    #[serde(default)]
+    pub intent_at: Option<DateTime<Utc>>,
 }
 
 /// Output of [`Launch`].
@@ -141,7 +142,8 @@ impl Launch {
     ) -> Result<Option<String>, ClientError> {
         let skew = chrono::Duration::from_std(CLOCK_SKEW).unwrap_or(chrono::Duration::zero());
         // Both are taken before the first attempt; the earlier one never misses a run.
-        let since = input.intent_at.min(ctx.scheduled_at()) - skew;
+        let scheduled = ctx.scheduled_at();
+        let since = input.intent_at.map_or(scheduled, |t| t.min(scheduled)) - skew;
         let found = self
             .client
             .find_execution(&input.flow_summary, since, |item| {

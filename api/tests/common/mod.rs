@@ -91,7 +91,7 @@ impl TestApp {
     pub async fn spawn(pool: PgPool) -> Self {
         let store: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone()));
         store.migrate().await.expect("migrations apply");
-        let engine = Arc::new(Engine::new(store.clone(), workflows::registry()));
+        let engine = Arc::new(Engine::new(store.clone(), workflows::registry(None)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
@@ -99,7 +99,7 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(api::serve(
             listener,
-            api::AppState { engine },
+            api::AppState { engine, paid: None },
             shutdown.clone(),
         ));
         let client = reqwest::Client::builder()
@@ -123,7 +123,7 @@ impl TestApp {
         assert!(self.worker.is_none(), "a worker is already running");
         let worker = Worker::new(
             self.store.clone(),
-            workflows::registry(),
+            workflows::registry(None),
             WorkerConfig {
                 lease_ttl: Duration::from_secs(2),
                 heartbeat_interval: Duration::from_millis(500),

@@ -940,6 +940,14 @@ impl WakeListener for SqliteWakeListener {
     }
 }
 
+/// Whether SQLite refused for a lock held by another connection (SQLITE_BUSY / SQLITE_LOCKED).
+fn is_locked(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -992,12 +1000,4 @@ mod tests {
         assert!(SqliteStore::connect_options("").is_err());
         assert!(SqliteStore::connect_options("sqlite://x.db?mode=bogus").is_err());
     }
-}
-
-/// Whether SQLite refused for a lock held by another connection (SQLITE_BUSY / SQLITE_LOCKED).
-fn is_locked(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .and_then(|c| c.parse::<i32>().ok())
-        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
 }

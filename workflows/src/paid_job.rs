@@ -1,0 +1,959 @@
+//! `paid_job`: one paid AI job. The buyer's payment is requested on Masumi; once Masumi reports
+//! the funds locked, the job runs on Kodosumi; its result hash is submitted to Masumi exactly
+//! once and the payment is followed on chain until the seller has withdrawn it. On failure or
+//! cancel after payment, nothing is submitted and the refund is followed until the buyer has
+//! withdrawn it.
+//!
+//! Money safety, by construction of the states below:
+//! - Kodosumi is called only from [`Phase::Launching`], entered only on `FundsLocked`;
+//! - the result is submitted only from [`Phase::SubmittingResult`], entered once per job;
+//! - after a result was submitted no state leads to a refund the seller initiates, except an
+//!   explicit dispute refund (`refund_on_dispute`);
+//! - a refund path never submits a result.
+//!
+//! Polling happens inside long-running, heartbeating activities that return only when the
+//! observed state changes, so a job followed for hours journals its changes, not its polls.
+
+use activities::kodosumi::{
+    self, AwaitExecutionChange, AwaitExecutionChangeInput, ExecState, ExecutionObservation,
+    ExecutionView, FetchResult, FetchResultInput, GetLockForm, GetLockFormInput, Kill, KillInput,
+    Launch, LaunchInput, LaunchOutcome, ReleaseLock, ReleaseLockInput,
+};
+use activities::masumi::{
+    self, AuthorizeRefund, AuthorizeRefundInput, AwaitPaymentChange, AwaitPaymentChangeInput,
+    CreatePayment, CreatePaymentInput, Network, OnChainState, PaymentObservation, PaymentSummary,
+    SubmitResult, SubmitResultInput,
+};
+use chrono::{DateTime, Duration, Utc};
+use engine::{ActivityCall, ActivityOutcome, Next, Transition, Workflow, WorkflowError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// What the MIP-003 `start_job` handler hands to a new job, validated and with every time
+/// already decided (transition code never reads the clock).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaidJobInput {
+    pub flow_uid: String,
+    /// The flow's path on Kodosumi (`/-/host/port/-/path`).
+    pub flow_url: String,
+    pub flow_summary: String,
+    pub identifier_from_purchaser: String,
+    /// The buyer's MIP-003 `input_data`, as validated.
+    pub input_data: Value,
+    pub input_hash: String,
+    /// `input_data` converted to what Kodosumi's form expects.
+    pub launch_inputs: Map<String, Value>,
+    pub agent_identifier: String,
+    pub network: Network,
+    pub pay_by_time: DateTime<Utc>,
+    pub submit_result_time: DateTime<Utc>,
+    #[serde(default)]
+    pub unlock_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub external_dispute_unlock_time: Option<DateTime<Utc>>,
+    /// Authorize the buyer's refund when they dispute a submitted result.
+    #[serde(default)]
+    pub refund_on_dispute: bool,
+}
+
+/// Why a job did not deliver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub code: String,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn cancelled() -> Self {
+        Self::new(CANCELLED, "cancelled by an operator")
+    }
+
+    fn is_cancel(&self) -> bool {
+        self.code == CANCELLED
+    }
+}
+
+const CANCELLED: &str = "cancelled";
+
+/// The job's phases; each carries what is valid in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// The payment request is being created on Masumi. → `AwaitingPayment` or `Failed`.
+    CreatingPayment,
+    /// Waiting for the buyer's funds. → `Launching` (FundsLocked), `PaymentInvalid`,
+    /// `PaymentTimedOut` (payByTime passed), `FollowingRefund`.
+    AwaitingPayment { payment: PaymentSummary },
+    /// Masumi saw an invalid payment (`FundsOrDatumInvalid`): an operator decides with the
+    /// `operator` signal (`recheck` or `close`).
+    PaymentInvalid { payment: PaymentSummary },
+    /// Funds are locked; the launch on Kodosumi is journaled as intended before it is made.
+    /// → `Running` or `FollowingRefund`.
+    Launching { payment: PaymentSummary },
+    /// Running on Kodosumi. → `FetchingResult`, `SubmittingResult`, `LoadingInputForm`,
+    /// `Killing` (deadline), `FollowingRefund` (error).
+    Running {
+        payment: PaymentSummary,
+        fid: String,
+        status: ExecState,
+        locks: Vec<String>,
+    },
+    /// Kodosumi asks for input; its form is being loaded.
+    LoadingInputForm {
+        payment: PaymentSummary,
+        fid: String,
+        lock_id: String,
+    },
+    /// Waiting for the buyer's `/provide_input` (the `provide_input` signal) until the deadline.
+    AwaitingInput {
+        payment: PaymentSummary,
+        fid: String,
+        lock_id: String,
+        /// The MIP-003 `input_schema` of the requested input.
+        input_schema: Value,
+    },
+    /// Releasing Kodosumi's lock with the buyer's input. → `Running`.
+    ProvidingInput {
+        payment: PaymentSummary,
+        fid: String,
+        lock_id: String,
+        inputs: Map<String, Value>,
+    },
+    /// The run finished; its raw result is being fetched.
+    FetchingResult {
+        payment: PaymentSummary,
+        fid: String,
+    },
+    /// Submitting the result hash to Masumi (once per job). → `ResultSubmitted`.
+    SubmittingResult {
+        payment: PaymentSummary,
+        result: String,
+        result_hash: String,
+    },
+    /// The result hash is submitted; following the chain to `Withdrawn` (or a dispute).
+    ResultSubmitted {
+        payment: PaymentSummary,
+        result: String,
+        result_hash: String,
+    },
+    /// The buyer disputed the submitted result.
+    Disputed {
+        payment: PaymentSummary,
+        result: String,
+        result_hash: String,
+    },
+    /// Authorizing the buyer's refund after a dispute (`refund_on_dispute`).
+    AuthorizingRefund {
+        payment: PaymentSummary,
+        result: String,
+        result_hash: String,
+    },
+    /// The run must stop (failure, deadline or cancel after payment): kill it, then follow the refund.
+    Killing {
+        payment: PaymentSummary,
+        fid: String,
+        reason: Failure,
+    },
+    /// Nothing is submitted; following the payment until the buyer has withdrawn the refund.
+    FollowingRefund {
+        payment: PaymentSummary,
+        reason: Failure,
+    },
+    /// Terminal: the seller withdrew the payment.
+    Completed {
+        payment: PaymentSummary,
+        result: Option<String>,
+        result_hash: Option<String>,
+    },
+    /// Terminal: the buyer withdrew the refund (or admins settled a dispute).
+    Refunded {
+        payment: PaymentSummary,
+        reason: Failure,
+    },
+    /// Terminal: no payment by `payByTime`; no money moved.
+    PaymentTimedOut { payment: PaymentSummary },
+    /// Terminal: failed before any money moved, or closed by an operator.
+    Failed { reason: Failure },
+    /// Terminal: cancelled before payment.
+    Cancelled,
+}
+
+/// The paid job's state: the validated input, the phase, and a counter of MIP-003 status
+/// changes (the status `id` is derived from it, so it changes exactly when the status does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaidJobState {
+    pub job: PaidJobInput,
+    pub mip_seq: u32,
+    #[serde(flatten)]
+    pub phase: Phase,
+}
+
+/// The outcome of a completed job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaidJobOutput {
+    pub blockchain_identifier: String,
+    pub result: Option<String>,
+    pub result_hash: Option<String>,
+    /// The final on-chain state (`Withdrawn`, `DisputedWithdrawn`).
+    pub on_chain_state: Option<OnChainState>,
+}
+
+/// Custom signals of a paid job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaidJobSignal {
+    /// The buyer's `/provide_input`, validated and converted by the API.
+    ProvideInput {
+        lock_id: String,
+        inputs: Map<String, Value>,
+    },
+    /// An operator's decision on an invalid payment.
+    Operator(OperatorDecision),
+}
+
+/// What an operator decides for a job in `PaymentInvalid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorDecision {
+    /// Look at the payment again (after `error-state-recovery` on Masumi, say).
+    Recheck,
+    /// Give up on this job.
+    Close,
+}
+
+/// The `paid_job` workflow.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PaidJob;
+
+/// Time kept free before `submitResultTime` to submit the result.
+const SUBMIT_MARGIN: Duration = Duration::minutes(2);
+/// How long past the last payment deadline the chain is followed before giving up.
+const FOLLOW_GRACE: Duration = Duration::days(2);
+
+fn ms(t: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(t).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The time the run must have finished by.
+fn run_deadline(payment: &PaymentSummary) -> DateTime<Utc> {
+    ms(payment.submit_result_time_ms) - SUBMIT_MARGIN
+}
+
+/// How long the chain is followed after a submission or a failure.
+fn follow_until(payment: &PaymentSummary) -> DateTime<Utc> {
+    let last = payment
+        .external_dispute_unlock_time_ms
+        .max(payment.unlock_time_ms)
+        .max(payment.submit_result_time_ms);
+    ms(last) + FOLLOW_GRACE
+}
+
+fn await_payment(payment: &PaymentSummary, network: Network, until: DateTime<Utc>) -> ActivityCall {
+    ActivityCall::new::<AwaitPaymentChange>(&AwaitPaymentChangeInput {
+        blockchain_identifier: payment.blockchain_identifier.clone(),
+        network,
+        known_state: payment.on_chain_state,
+        known_action: Some(payment.next_action),
+        until,
+        ..AwaitPaymentChangeInput::default()
+    })
+}
+
+type Step = Transition<PaidJobState, PaidJobOutput>;
+
+impl PaidJobState {
+    /// Moves to `phase`, counting MIP-003 status changes.
+    fn to(self, phase: Phase) -> Self {
+        let before = mip_status_of(&self.phase);
+        let mip_seq = if mip_status_of(&phase) == before {
+            self.mip_seq
+        } else {
+            self.mip_seq + 1
+        };
+        Self {
+            job: self.job,
+            mip_seq,
+            phase,
+        }
+    }
+
+    /// Moves to `phase` and does what that phase does.
+    fn go(self, phase: Phase) -> Step {
+        let state = self.to(phase);
+        let next = state.action();
+        Transition::new(state, next)
+    }
+
+    /// The one thing each phase does.
+    fn action(&self) -> Next<PaidJobOutput> {
+        let job = &self.job;
+        let call = match &self.phase {
+            Phase::CreatingPayment => ActivityCall::new::<CreatePayment>(&CreatePaymentInput {
+                agent_identifier: job.agent_identifier.clone(),
+                network: job.network,
+                input_hash: job.input_hash.clone(),
+                identifier_from_purchaser: job.identifier_from_purchaser.clone(),
+                pay_by_time: job.pay_by_time,
+                submit_result_time: job.submit_result_time,
+                unlock_time: job.unlock_time,
+                external_dispute_unlock_time: job.external_dispute_unlock_time,
+                metadata: None,
+            }),
+            Phase::AwaitingPayment { payment } => {
+                await_payment(payment, job.network, ms(payment.pay_by_time_ms))
+            }
+            Phase::PaymentInvalid { .. } => return Next::WaitForSignal,
+            Phase::Launching { .. } => ActivityCall::new::<Launch>(&LaunchInput {
+                job_id: format!("{}:{}", job.flow_uid, job.identifier_from_purchaser),
+                flow_url: job.flow_url.clone(),
+                flow_summary: job.flow_summary.clone(),
+                inputs: job.launch_inputs.clone(),
+                // The call's journaled schedule time is the intent.
+                intent_at: None,
+            }),
+            Phase::Running {
+                payment,
+                fid,
+                status,
+                locks,
+            } => ActivityCall::new::<AwaitExecutionChange>(&AwaitExecutionChangeInput {
+                fid: fid.clone(),
+                known_status: Some(*status),
+                known_locks: locks.clone(),
+                until: run_deadline(payment),
+                ..AwaitExecutionChangeInput::default()
+            }),
+            Phase::LoadingInputForm { fid, lock_id, .. } => {
+                ActivityCall::new::<GetLockForm>(&GetLockFormInput {
+                    fid: fid.clone(),
+                    lock_id: lock_id.clone(),
+                })
+            }
+            Phase::AwaitingInput { payment, .. } => return Next::TimerAt(run_deadline(payment)),
+            Phase::ProvidingInput {
+                fid,
+                lock_id,
+                inputs,
+                ..
+            } => ActivityCall::new::<ReleaseLock>(&ReleaseLockInput {
+                fid: fid.clone(),
+                lock_id: lock_id.clone(),
+                inputs: inputs.clone(),
+            }),
+            Phase::FetchingResult { fid, .. } => {
+                ActivityCall::new::<FetchResult>(&FetchResultInput { fid: fid.clone() })
+            }
+            Phase::SubmittingResult {
+                payment,
+                result_hash,
+                ..
+            } => ActivityCall::new::<SubmitResult>(&SubmitResultInput {
+                blockchain_identifier: payment.blockchain_identifier.clone(),
+                network: job.network,
+                result_hash: result_hash.clone(),
+            }),
+            Phase::ResultSubmitted { payment, .. }
+            | Phase::Disputed { payment, .. }
+            | Phase::FollowingRefund { payment, .. } => {
+                await_payment(payment, job.network, follow_until(payment))
+            }
+            Phase::AuthorizingRefund { payment, .. } => {
+                ActivityCall::new::<AuthorizeRefund>(&AuthorizeRefundInput {
+                    blockchain_identifier: payment.blockchain_identifier.clone(),
+                    network: job.network,
+                })
+            }
+            Phase::Killing { fid, .. } => {
+                ActivityCall::new::<Kill>(&KillInput { fid: fid.clone() })
+            }
+            Phase::Completed {
+                payment,
+                result,
+                result_hash,
+            } => {
+                return Next::Complete(PaidJobOutput {
+                    blockchain_identifier: payment.blockchain_identifier.clone(),
+                    result: result.clone(),
+                    result_hash: result_hash.clone(),
+                    on_chain_state: payment.on_chain_state,
+                });
+            }
+            Phase::Refunded { reason, .. } | Phase::Failed { reason } => {
+                return if reason.is_cancel() {
+                    Next::Cancelled
+                } else {
+                    Next::Fail(WorkflowError::new(
+                        reason.code.clone(),
+                        reason.message.clone(),
+                    ))
+                };
+            }
+            Phase::PaymentTimedOut { .. } => {
+                return Next::Fail(WorkflowError::new(
+                    "payment_timeout",
+                    "the buyer did not pay before payByTime; no money moved",
+                ));
+            }
+            Phase::Cancelled => return Next::Cancelled,
+        };
+        Next::Activity(call)
+    }
+
+    /// Keeps the phase and does its action again (a poll that saw nothing new, an ignored cancel).
+    fn again(self) -> Step {
+        let next = self.action();
+        Transition::new(self, next)
+    }
+}
+
+/// Where a payment observed on chain leads once the job no longer runs.
+fn follow_payment(state: PaidJobState, payment: PaymentSummary, reason: Failure) -> Step {
+    match payment.on_chain_state {
+        Some(OnChainState::RefundWithdrawn | OnChainState::DisputedWithdrawn) => {
+            state.go(Phase::Refunded { payment, reason })
+        }
+        Some(OnChainState::Withdrawn) => state.go(Phase::Completed {
+            payment,
+            result: None,
+            result_hash: None,
+        }),
+        _ => state.go(Phase::FollowingRefund { payment, reason }),
+    }
+}
+
+/// The next phase after observing the run.
+fn observe_run(
+    state: PaidJobState,
+    payment: PaymentSummary,
+    fid: String,
+    view: ExecutionView,
+    deadline_passed: bool,
+) -> Step {
+    match view.status {
+        ExecState::Finished => match view.final_raw {
+            Some(raw) => submit(state, payment, kodosumi::result_text(&raw)),
+            None => state.go(Phase::FetchingResult { payment, fid }),
+        },
+        ExecState::Error => {
+            let detail = view
+                .final_raw
+                .as_deref()
+                .map(kodosumi::result_text)
+                .unwrap_or_default();
+            let reason = Failure::new(
+                "kodosumi_error",
+                format!("the run failed on Kodosumi: {detail}"),
+            );
+            state.go(Phase::FollowingRefund { payment, reason })
+        }
+        _ if deadline_passed => {
+            let reason = Failure::new(
+                "run_timeout",
+                "the run did not finish before the result deadline",
+            );
+            state.go(Phase::Killing {
+                payment,
+                fid,
+                reason,
+            })
+        }
+        ExecState::Awaiting if !view.locks.is_empty() => {
+            let lock_id = view.locks[0].clone();
+            state.go(Phase::LoadingInputForm {
+                payment,
+                fid,
+                lock_id,
+            })
+        }
+        status => state.go(Phase::Running {
+            payment,
+            fid,
+            status,
+            locks: view.locks,
+        }),
+    }
+}
+
+fn submit(state: PaidJobState, payment: PaymentSummary, result: String) -> Step {
+    let result_hash = masumi::hash::output_hash(&state.job.identifier_from_purchaser, &result);
+    state.go(Phase::SubmittingResult {
+        payment,
+        result,
+        result_hash,
+    })
+}
+
+fn error_text(e: &engine::ActivityError) -> String {
+    format!("{} ({})", e.message, e.code)
+}
+
+impl Workflow for PaidJob {
+    const NAME: &'static str = "paid_job";
+    type Input = PaidJobInput;
+    type State = PaidJobState;
+    type Output = PaidJobOutput;
+    type Signal = PaidJobSignal;
+
+    fn start(&self, job: PaidJobInput) -> Step {
+        let state = PaidJobState {
+            job,
+            mip_seq: 0,
+            phase: Phase::CreatingPayment,
+        };
+        state.again()
+    }
+
+    fn on_activity(&self, state: PaidJobState, outcome: ActivityOutcome) -> Step {
+        match state.phase.clone() {
+            Phase::CreatingPayment => match outcome.decode::<CreatePayment>() {
+                Ok(payment) => state.go(Phase::AwaitingPayment { payment }),
+                Err(e) => state.go(Phase::Failed {
+                    reason: Failure::new("payment_request_failed", error_text(&e)),
+                }),
+            },
+            Phase::AwaitingPayment { payment } => match outcome.decode::<AwaitPaymentChange>() {
+                Ok(PaymentObservation::Found(p)) => match p.on_chain_state {
+                    Some(OnChainState::FundsLocked) => state.go(Phase::Launching { payment: p }),
+                    Some(OnChainState::FundsOrDatumInvalid) => {
+                        state.go(Phase::PaymentInvalid { payment: p })
+                    }
+                    None => state.go(Phase::AwaitingPayment { payment: p }),
+                    Some(_) => follow_payment(
+                        state,
+                        p,
+                        Failure::new(
+                            "refund_requested",
+                            "the buyer asked for a refund before the job ran",
+                        ),
+                    ),
+                },
+                Ok(PaymentObservation::Unchanged { observed_at, .. })
+                    if observed_at >= ms(payment.pay_by_time_ms) =>
+                {
+                    state.go(Phase::PaymentTimedOut { payment })
+                }
+                Ok(PaymentObservation::Unchanged { .. } | PaymentObservation::NotFound { .. }) => {
+                    state.again()
+                }
+                Err(e) => state.go(Phase::Failed {
+                    reason: Failure::new("payment_check_failed", error_text(&e)),
+                }),
+            },
+            Phase::Launching { payment } => match outcome.decode::<Launch>() {
+                Ok(LaunchOutcome::Launched { fid }) => state.go(Phase::Running {
+                    payment,
+                    fid,
+                    status: ExecState::Starting,
+                    locks: vec![],
+                }),
+                Ok(LaunchOutcome::Rejected { errors }) => {
+                    let reason = Failure::new(
+                        "launch_rejected",
+                        format!("Kodosumi refused the inputs: {errors}"),
+                    );
+                    state.go(Phase::FollowingRefund { payment, reason })
+                }
+                Err(e) => {
+                    let reason = Failure::new("launch_failed", error_text(&e));
+                    state.go(Phase::FollowingRefund { payment, reason })
+                }
+            },
+            Phase::Running { payment, fid, .. } => match outcome.decode::<AwaitExecutionChange>() {
+                Ok(ExecutionObservation::Changed { view, .. }) => {
+                    observe_run(state, payment, fid, view, false)
+                }
+                Ok(ExecutionObservation::Unchanged { view, observed_at }) => {
+                    let passed = observed_at >= run_deadline(&payment);
+                    observe_run(state, payment, fid, view, passed)
+                }
+                Ok(ExecutionObservation::NotFound { .. }) => {
+                    let reason = Failure::new("run_lost", "Kodosumi no longer knows the run");
+                    state.go(Phase::FollowingRefund { payment, reason })
+                }
+                Err(e) => {
+                    let reason = Failure::new("kodosumi_unreachable", error_text(&e));
+                    state.go(Phase::Killing {
+                        payment,
+                        fid,
+                        reason,
+                    })
+                }
+            },
+            Phase::LoadingInputForm {
+                payment,
+                fid,
+                lock_id,
+            } => match outcome.decode::<GetLockForm>() {
+                Ok(form) => {
+                    let input_schema = kodosumi::schema::lock_form_to_mip003(&form.elements);
+                    state.go(Phase::AwaitingInput {
+                        payment,
+                        fid,
+                        lock_id,
+                        input_schema,
+                    })
+                }
+                Err(e) => {
+                    let reason = Failure::new("input_form_failed", error_text(&e));
+                    state.go(Phase::Killing {
+                        payment,
+                        fid,
+                        reason,
+                    })
+                }
+            },
+            Phase::ProvidingInput { payment, fid, .. } => {
+                // Released, or the lock was already gone: either way the run goes on; the next
+                // observation tells which.
+                let _ = outcome.decode::<ReleaseLock>();
+                state.go(Phase::Running {
+                    payment,
+                    fid,
+                    status: ExecState::Running,
+                    locks: vec![],
+                })
+            }
+            Phase::FetchingResult { payment, fid } => match outcome.decode::<FetchResult>() {
+                Ok(raw) => submit(state, payment, kodosumi::result_text(&raw.raw)),
+                Err(e) => {
+                    let reason = Failure::new("result_fetch_failed", error_text(&e));
+                    state.go(Phase::Killing {
+                        payment,
+                        fid,
+                        reason,
+                    })
+                }
+            },
+            Phase::SubmittingResult {
+                payment,
+                result,
+                result_hash,
+            } => match outcome.decode::<SubmitResult>() {
+                Ok(p) => state.go(Phase::ResultSubmitted {
+                    payment: p,
+                    result,
+                    result_hash,
+                }),
+                Err(e) => {
+                    // Not submitted before the deadline: the buyer's refund follows.
+                    let reason = Failure::new("submit_failed", error_text(&e));
+                    state.go(Phase::FollowingRefund { payment, reason })
+                }
+            },
+            Phase::ResultSubmitted {
+                payment,
+                result,
+                result_hash,
+            }
+            | Phase::Disputed {
+                payment,
+                result,
+                result_hash,
+            } => {
+                let p = match outcome.decode::<AwaitPaymentChange>() {
+                    Ok(PaymentObservation::Found(p)) => p,
+                    Ok(PaymentObservation::Unchanged { observed_at, .. })
+                        if observed_at >= follow_until(&payment) =>
+                    {
+                        // The chain never settled within the grace: stop following, keep the result.
+                        return state.go(Phase::Completed {
+                            payment,
+                            result: Some(result),
+                            result_hash: Some(result_hash),
+                        });
+                    }
+                    Ok(_) | Err(_) => return state.again(),
+                };
+                match p.on_chain_state {
+                    Some(OnChainState::Withdrawn | OnChainState::DisputedWithdrawn) => {
+                        state.go(Phase::Completed {
+                            payment: p,
+                            result: Some(result),
+                            result_hash: Some(result_hash),
+                        })
+                    }
+                    Some(OnChainState::RefundWithdrawn) => state.go(Phase::Refunded {
+                        payment: p,
+                        reason: Failure::new(
+                            "refunded_after_dispute",
+                            "the buyer was refunded after a dispute",
+                        ),
+                    }),
+                    Some(OnChainState::Disputed) if state.job.refund_on_dispute => {
+                        state.go(Phase::AuthorizingRefund {
+                            payment: p,
+                            result,
+                            result_hash,
+                        })
+                    }
+                    Some(OnChainState::Disputed) => state.go(Phase::Disputed {
+                        payment: p,
+                        result,
+                        result_hash,
+                    }),
+                    _ => state.go(Phase::ResultSubmitted {
+                        payment: p,
+                        result,
+                        result_hash,
+                    }),
+                }
+            }
+            Phase::AuthorizingRefund {
+                payment,
+                result,
+                result_hash,
+            } => match outcome.decode::<AuthorizeRefund>() {
+                Ok(p) => state.go(Phase::FollowingRefund {
+                    payment: p,
+                    reason: Failure::new(
+                        "refunded_after_dispute",
+                        "refund authorized after the buyer's dispute",
+                    ),
+                }),
+                Err(_) => state.go(Phase::Disputed {
+                    payment,
+                    result,
+                    result_hash,
+                }),
+            },
+            Phase::Killing {
+                payment, reason, ..
+            } => {
+                // A failed kill does not hold the refund back.
+                let _ = outcome.decode::<Kill>();
+                state.go(Phase::FollowingRefund { payment, reason })
+            }
+            Phase::FollowingRefund { payment, reason } => {
+                match outcome.decode::<AwaitPaymentChange>() {
+                    Ok(PaymentObservation::Found(p)) => follow_payment(state, p, reason),
+                    Ok(PaymentObservation::Unchanged { observed_at, .. })
+                        if observed_at >= follow_until(&payment) =>
+                    {
+                        state.go(Phase::Refunded { payment, reason })
+                    }
+                    Ok(_) | Err(_) => state.again(),
+                }
+            }
+            // Waits and terminal phases run no activity.
+            Phase::PaymentInvalid { .. }
+            | Phase::AwaitingInput { .. }
+            | Phase::Completed { .. }
+            | Phase::Refunded { .. }
+            | Phase::PaymentTimedOut { .. }
+            | Phase::Failed { .. }
+            | Phase::Cancelled => state.again(),
+        }
+    }
+
+    fn on_timer(&self, state: PaidJobState) -> Step {
+        match state.phase.clone() {
+            Phase::AwaitingInput { payment, fid, .. } => {
+                let reason = Failure::new(
+                    "input_timeout",
+                    "no input was provided before the result deadline",
+                );
+                state.go(Phase::Killing {
+                    payment,
+                    fid,
+                    reason,
+                })
+            }
+            _ => Transition::new(state, Next::Unchanged),
+        }
+    }
+
+    fn on_signal(&self, state: PaidJobState, signal: PaidJobSignal) -> Step {
+        match (state.phase.clone(), signal) {
+            (
+                Phase::AwaitingInput {
+                    payment,
+                    fid,
+                    lock_id,
+                    ..
+                },
+                PaidJobSignal::ProvideInput {
+                    lock_id: given,
+                    inputs,
+                },
+            ) if given == lock_id => state.go(Phase::ProvidingInput {
+                payment,
+                fid,
+                lock_id,
+                inputs,
+            }),
+            (
+                Phase::PaymentInvalid { payment },
+                PaidJobSignal::Operator(OperatorDecision::Recheck),
+            ) => state.go(Phase::AwaitingPayment { payment }),
+            (Phase::PaymentInvalid { .. }, PaidJobSignal::Operator(OperatorDecision::Close)) => {
+                state.go(Phase::Failed {
+                    reason: Failure::new(
+                        "payment_invalid",
+                        "the payment was invalid; closed by an operator",
+                    ),
+                })
+            }
+            _ => Transition::new(state, Next::Unchanged),
+        }
+    }
+
+    fn on_cancel(&self, state: PaidJobState) -> Step {
+        match state.phase.clone() {
+            // No money is locked yet (a payment arriving later is refunded to the buyer on chain
+            // after submitResultTime, since nothing is ever submitted).
+            Phase::CreatingPayment
+            | Phase::AwaitingPayment { .. }
+            | Phase::PaymentInvalid { .. } => state.go(Phase::Cancelled),
+            Phase::Launching { payment } | Phase::FetchingResult { payment, .. } => {
+                state.go(Phase::FollowingRefund {
+                    payment,
+                    reason: Failure::cancelled(),
+                })
+            }
+            Phase::Running { payment, fid, .. }
+            | Phase::LoadingInputForm { payment, fid, .. }
+            | Phase::AwaitingInput { payment, fid, .. }
+            | Phase::ProvidingInput { payment, fid, .. } => state.go(Phase::Killing {
+                payment,
+                fid,
+                reason: Failure::cancelled(),
+            }),
+            Phase::Killing { payment, fid, .. } => state.go(Phase::Killing {
+                payment,
+                fid,
+                reason: Failure::cancelled(),
+            }),
+            Phase::FollowingRefund { payment, .. } => state.go(Phase::FollowingRefund {
+                payment,
+                reason: Failure::cancelled(),
+            }),
+            // Once a result is (being) submitted the job delivers: a cancel changes nothing.
+            Phase::SubmittingResult { .. }
+            | Phase::ResultSubmitted { .. }
+            | Phase::Disputed { .. }
+            | Phase::AuthorizingRefund { .. }
+            | Phase::Completed { .. }
+            | Phase::Refunded { .. }
+            | Phase::PaymentTimedOut { .. }
+            | Phase::Failed { .. }
+            | Phase::Cancelled => state.again(),
+        }
+    }
+}
+
+/// MIP-003 job statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MipStatus {
+    AwaitingPayment,
+    AwaitingInput,
+    Running,
+    Completed,
+    Failed,
+}
+
+fn mip_status_of(phase: &Phase) -> MipStatus {
+    match phase {
+        Phase::CreatingPayment | Phase::AwaitingPayment { .. } | Phase::PaymentInvalid { .. } => {
+            MipStatus::AwaitingPayment
+        }
+        Phase::Launching { .. }
+        | Phase::Running { .. }
+        | Phase::LoadingInputForm { .. }
+        | Phase::ProvidingInput { .. }
+        | Phase::FetchingResult { .. }
+        | Phase::SubmittingResult { .. } => MipStatus::Running,
+        Phase::AwaitingInput { .. } => MipStatus::AwaitingInput,
+        Phase::ResultSubmitted { .. }
+        | Phase::Disputed { .. }
+        | Phase::AuthorizingRefund { .. }
+        | Phase::Completed { .. } => MipStatus::Completed,
+        Phase::Killing { .. }
+        | Phase::FollowingRefund { .. }
+        | Phase::Refunded { .. }
+        | Phase::PaymentTimedOut { .. }
+        | Phase::Failed { .. }
+        | Phase::Cancelled => MipStatus::Failed,
+    }
+}
+
+/// The MIP-003 `/status` view of a job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MipView {
+    /// Changes whenever `status` changes.
+    pub id: uuid::Uuid,
+    pub status: MipStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl PaidJobState {
+    /// The MIP-003 view; `job_id` seeds the status id.
+    pub fn mip_view(&self, job_id: uuid::Uuid) -> MipView {
+        let status = mip_status_of(&self.phase);
+        let id = uuid::Uuid::new_v5(&job_id, format!("{}", self.mip_seq).as_bytes());
+        let (input_schema, result, message) = match &self.phase {
+            Phase::AwaitingInput { input_schema, .. } => (Some(input_schema.clone()), None, None),
+            Phase::ResultSubmitted { result, .. }
+            | Phase::Disputed { result, .. }
+            | Phase::AuthorizingRefund { result, .. } => (None, Some(result.clone()), None),
+            Phase::Completed { result, .. } => (None, result.clone(), None),
+            Phase::PaymentInvalid { .. } => (
+                None,
+                None,
+                Some("the payment is invalid; an operator reviews it".to_owned()),
+            ),
+            Phase::Killing { reason, .. }
+            | Phase::FollowingRefund { reason, .. }
+            | Phase::Refunded { reason, .. }
+            | Phase::Failed { reason } => (None, None, Some(reason.message.clone())),
+            Phase::PaymentTimedOut { .. } => {
+                (None, None, Some("no payment before payByTime".to_owned()))
+            }
+            Phase::Cancelled => (None, None, Some("cancelled".to_owned())),
+            _ => (None, None, None),
+        };
+        MipView {
+            id,
+            status,
+            input_schema,
+            result,
+            message,
+        }
+    }
+
+    /// The payment, once requested.
+    pub fn payment(&self) -> Option<&PaymentSummary> {
+        match &self.phase {
+            Phase::AwaitingPayment { payment }
+            | Phase::PaymentInvalid { payment }
+            | Phase::Launching { payment }
+            | Phase::Running { payment, .. }
+            | Phase::LoadingInputForm { payment, .. }
+            | Phase::AwaitingInput { payment, .. }
+            | Phase::ProvidingInput { payment, .. }
+            | Phase::FetchingResult { payment, .. }
+            | Phase::SubmittingResult { payment, .. }
+            | Phase::ResultSubmitted { payment, .. }
+            | Phase::Disputed { payment, .. }
+            | Phase::AuthorizingRefund { payment, .. }
+            | Phase::Killing { payment, .. }
+            | Phase::FollowingRefund { payment, .. }
+            | Phase::Completed { payment, .. }
+            | Phase::Refunded { payment, .. }
+            | Phase::PaymentTimedOut { payment } => Some(payment),
+            Phase::CreatingPayment | Phase::Failed { .. } | Phase::Cancelled => None,
+        }
+    }
+}
