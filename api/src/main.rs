@@ -222,6 +222,7 @@ fn masumi_sim_config(args: &MasumiSimArgs) -> MasumiSimConfig {
         },
         chain_step_ms: args.chain_step.as_millis() as u64,
         fast_clock: args.fast_clock,
+        seller_window_ms: args.seller_window.as_millis() as u64,
         faults: faults_masumi(&args.faults),
         ..MasumiSimConfig::default()
     }

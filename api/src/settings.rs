@@ -98,6 +98,10 @@ pub struct MasumiSimArgs {
     /// Compress deadline-bound steps (withdrawals, refunds) instead of waiting for real deadlines.
     #[arg(long)]
     pub fast_clock: bool,
+    /// With --fast-clock: how long the seller may still act before a deadline it could pre-empt
+    /// (a refund of unpaid-for work, the admins' dispute settlement) is treated as passed.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub seller_window: Duration,
     #[command(flatten)]
     pub faults: FaultArgs,
 }
