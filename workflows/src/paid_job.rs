@@ -957,3 +957,422 @@ impl PaidJobState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use activities::masumi::RequestedAction;
+    use engine::Activity;
+    use serde_json::json;
+
+    const PURCHASER: &str = "aabbaabb11221122aabb";
+
+    fn input() -> PaidJobInput {
+        let t0 = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        PaidJobInput {
+            flow_uid: "uid".into(),
+            flow_url: "/-/127.0.0.1/8011/-/".into(),
+            flow_summary: "Hello World".into(),
+            identifier_from_purchaser: PURCHASER.into(),
+            input_data: json!({"name": "Alice"}),
+            input_hash: "00".into(),
+            launch_inputs: Map::new(),
+            agent_identifier: "agent".into(),
+            network: Network::Preprod,
+            pay_by_time: t0 + Duration::hours(1),
+            submit_result_time: t0 + Duration::hours(2),
+            unlock_time: None,
+            external_dispute_unlock_time: None,
+            refund_on_dispute: false,
+        }
+    }
+
+    fn payment(state: Option<OnChainState>) -> PaymentSummary {
+        let t0 = 1_800_000_000_000;
+        PaymentSummary {
+            blockchain_identifier: "bc".into(),
+            agent_identifier: "agent".into(),
+            input_hash: "00".into(),
+            on_chain_state: state,
+            next_action: RequestedAction::WaitingForExternalAction,
+            error_type: None,
+            error_note: None,
+            result_hash: None,
+            pay_by_time_ms: t0 + 3_600_000,
+            submit_result_time_ms: t0 + 7_200_000,
+            unlock_time_ms: t0 + 9_000_000,
+            external_dispute_unlock_time_ms: t0 + 10_000_000,
+            seller_vkey: None,
+            has_current_transaction: state.is_some(),
+        }
+    }
+
+    fn ok<A: Activity>(output: impl Serialize) -> ActivityOutcome {
+        ActivityOutcome {
+            name: A::NAME.into(),
+            result: Ok(serde_json::to_value(output).unwrap_or_default()),
+        }
+    }
+
+    fn failed<A: Activity>() -> ActivityOutcome {
+        ActivityOutcome {
+            name: A::NAME.into(),
+            result: Err(engine::ActivityError::non_retryable("x", "down")),
+        }
+    }
+
+    #[track_caller]
+    fn calls<A: Activity>(t: &Step) {
+        match &t.next {
+            Next::Activity(call) => assert_eq!(call.name(), A::NAME, "phase {:?}", t.state.phase),
+            other => panic!(
+                "expected a call of {}, got {other:?} in {:?}",
+                A::NAME,
+                t.state.phase
+            ),
+        }
+    }
+
+    fn found(state: Option<OnChainState>) -> PaymentObservation {
+        PaymentObservation::Found(payment(state))
+    }
+
+    fn view(status: ExecState, final_raw: Option<&str>, locks: &[&str]) -> ExecutionView {
+        ExecutionView {
+            status,
+            final_raw: final_raw.map(str::to_owned),
+            locks: locks.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    fn changed(v: ExecutionView) -> ExecutionObservation {
+        ExecutionObservation::Changed {
+            view: v,
+            observed_at: Utc::now(),
+        }
+    }
+
+    /// Start → paid → running: the state right after the launch.
+    fn running() -> Step {
+        let w = PaidJob;
+        let t = w.start(input());
+        calls::<CreatePayment>(&t);
+        let t = w.on_activity(t.state, ok::<CreatePayment>(payment(None)));
+        calls::<AwaitPaymentChange>(&t);
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitPaymentChange>(found(Some(OnChainState::FundsLocked))),
+        );
+        calls::<Launch>(&t);
+        let t = w.on_activity(
+            t.state,
+            ok::<Launch>(LaunchOutcome::Launched { fid: "f1".into() }),
+        );
+        calls::<AwaitExecutionChange>(&t);
+        t
+    }
+
+    #[test]
+    fn happy_path_submits_the_result_hash_once_and_completes_on_withdrawal() {
+        let w = PaidJob;
+        let t = running();
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitExecutionChange>(changed(view(
+                ExecState::Finished,
+                Some(r#"{"Markdown":{"body":"Hi \"A\""}}"#),
+                &[],
+            ))),
+        );
+        calls::<SubmitResult>(&t);
+        let Phase::SubmittingResult {
+            result,
+            result_hash,
+            ..
+        } = &t.state.phase
+        else {
+            panic!("{:?}", t.state.phase)
+        };
+        assert_eq!(result, "Hi \"A\"");
+        assert_eq!(
+            result_hash,
+            &masumi::hash::output_hash(PURCHASER, "Hi \"A\"")
+        );
+        let t = w.on_activity(
+            t.state,
+            ok::<SubmitResult>(payment(Some(OnChainState::FundsLocked))),
+        );
+        assert_eq!(
+            t.state.mip_view(uuid::Uuid::nil()).status,
+            MipStatus::Completed
+        );
+        calls::<AwaitPaymentChange>(&t);
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitPaymentChange>(found(Some(OnChainState::ResultSubmitted))),
+        );
+        calls::<AwaitPaymentChange>(&t);
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitPaymentChange>(found(Some(OnChainState::Withdrawn))),
+        );
+        assert!(
+            matches!(
+                t.next,
+                Next::Complete(PaidJobOutput {
+                    result: Some(_),
+                    ..
+                })
+            ),
+            "{:?}",
+            t.next
+        );
+    }
+
+    #[test]
+    fn no_payment_by_pay_by_time_fails_without_launching() {
+        let w = PaidJob;
+        let t = w.start(input());
+        let t = w.on_activity(t.state, ok::<CreatePayment>(payment(None)));
+        let early = PaymentObservation::Unchanged {
+            observed_at: ms(payment(None).pay_by_time_ms) - Duration::seconds(5),
+            payment: None,
+        };
+        let t = w.on_activity(t.state, ok::<AwaitPaymentChange>(early));
+        calls::<AwaitPaymentChange>(&t);
+        let late = PaymentObservation::Unchanged {
+            observed_at: ms(payment(None).pay_by_time_ms),
+            payment: None,
+        };
+        let t = w.on_activity(t.state, ok::<AwaitPaymentChange>(late));
+        assert!(
+            matches!(&t.next, Next::Fail(e) if e.code == "payment_timeout"),
+            "{:?}",
+            t.next
+        );
+    }
+
+    #[test]
+    fn invalid_payment_waits_for_an_operator() {
+        let w = PaidJob;
+        let t = w.start(input());
+        let t = w.on_activity(t.state, ok::<CreatePayment>(payment(None)));
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitPaymentChange>(found(Some(OnChainState::FundsOrDatumInvalid))),
+        );
+        assert!(matches!(t.next, Next::WaitForSignal));
+        let view = t.state.mip_view(uuid::Uuid::nil());
+        assert_eq!(view.status, MipStatus::AwaitingPayment);
+        assert!(view.message.is_some());
+        let t = w.on_signal(t.state, PaidJobSignal::Operator(OperatorDecision::Close));
+        assert!(matches!(&t.next, Next::Fail(e) if e.code == "payment_invalid"));
+    }
+
+    #[test]
+    fn kodosumi_error_submits_nothing_and_follows_the_refund() {
+        let w = PaidJob;
+        let t = running();
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitExecutionChange>(changed(view(ExecState::Error, None, &[]))),
+        );
+        assert!(matches!(t.state.phase, Phase::FollowingRefund { .. }));
+        calls::<AwaitPaymentChange>(&t);
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitPaymentChange>(found(Some(OnChainState::RefundWithdrawn))),
+        );
+        assert!(
+            matches!(&t.next, Next::Fail(e) if e.code == "kodosumi_error"),
+            "{:?}",
+            t.next
+        );
+        assert_eq!(
+            t.state.mip_view(uuid::Uuid::nil()).status,
+            MipStatus::Failed
+        );
+    }
+
+    #[test]
+    fn launch_failure_follows_the_refund() {
+        let w = PaidJob;
+        let t = w.start(input());
+        let t = w.on_activity(t.state, ok::<CreatePayment>(payment(None)));
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitPaymentChange>(found(Some(OnChainState::FundsLocked))),
+        );
+        let t = w.on_activity(t.state, failed::<Launch>());
+        assert!(matches!(t.state.phase, Phase::FollowingRefund { .. }));
+    }
+
+    #[test]
+    fn awaiting_input_round_trip() {
+        let w = PaidJob;
+        let t = running();
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitExecutionChange>(changed(view(ExecState::Awaiting, None, &["l1"]))),
+        );
+        calls::<GetLockForm>(&t);
+        let elements =
+            json!({"elements": [{"type": "text", "name": "ok", "label": "OK", "required": true}]});
+        let t = w.on_activity(
+            t.state,
+            ActivityOutcome {
+                name: GetLockForm::NAME.into(),
+                result: Ok(elements),
+            },
+        );
+        assert!(matches!(t.next, Next::TimerAt(_)), "{:?}", t.next);
+        let view_before = t.state.mip_view(uuid::Uuid::nil());
+        assert_eq!(view_before.status, MipStatus::AwaitingInput);
+        assert!(view_before.input_schema.is_some());
+        // A signal for another lock changes nothing.
+        let wrong = PaidJobSignal::ProvideInput {
+            lock_id: "other".into(),
+            inputs: Map::new(),
+        };
+        let t = w.on_signal(t.state, wrong);
+        assert!(matches!(t.next, Next::Unchanged));
+        let right = PaidJobSignal::ProvideInput {
+            lock_id: "l1".into(),
+            inputs: Map::new(),
+        };
+        let t = w.on_signal(t.state, right);
+        calls::<ReleaseLock>(&t);
+        let t = w.on_activity(t.state, ok::<ReleaseLock>(json!({"result": {}})));
+        calls::<AwaitExecutionChange>(&t);
+        assert_eq!(
+            t.state.mip_view(uuid::Uuid::nil()).status,
+            MipStatus::Running
+        );
+        assert_ne!(
+            t.state.mip_view(uuid::Uuid::nil()).id,
+            view_before.id,
+            "status id changes with the status"
+        );
+    }
+
+    #[test]
+    fn input_never_provided_kills_the_run_at_the_deadline() {
+        let w = PaidJob;
+        let t = running();
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitExecutionChange>(changed(view(ExecState::Awaiting, None, &["l1"]))),
+        );
+        let t = w.on_activity(
+            t.state,
+            ActivityOutcome {
+                name: GetLockForm::NAME.into(),
+                result: Ok(json!({"elements": []})),
+            },
+        );
+        let t = w.on_timer(t.state);
+        calls::<Kill>(&t);
+    }
+
+    #[test]
+    fn cancel_before_payment_ends_cancelled() {
+        let w = PaidJob;
+        let t = w.start(input());
+        let t = w.on_activity(t.state, ok::<CreatePayment>(payment(None)));
+        let t = w.on_cancel(t.state);
+        assert!(matches!(t.next, Next::Cancelled));
+    }
+
+    #[test]
+    fn cancel_after_payment_kills_the_run_submits_nothing_and_follows_the_refund() {
+        let w = PaidJob;
+        let t = running();
+        let t = w.on_cancel(t.state);
+        calls::<Kill>(&t);
+        let t = w.on_activity(t.state, ok::<Kill>(()));
+        calls::<AwaitPaymentChange>(&t);
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitPaymentChange>(found(Some(OnChainState::RefundWithdrawn))),
+        );
+        assert!(matches!(t.next, Next::Cancelled), "{:?}", t.next);
+    }
+
+    #[test]
+    fn cancel_after_the_result_is_submitted_changes_nothing() {
+        let w = PaidJob;
+        let t = running();
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitExecutionChange>(changed(view(
+                ExecState::Finished,
+                Some(r#"{"str":"x"}"#),
+                &[],
+            ))),
+        );
+        let t = w.on_cancel(t.state);
+        calls::<SubmitResult>(&t);
+        let t = w.on_activity(
+            t.state,
+            ok::<SubmitResult>(payment(Some(OnChainState::FundsLocked))),
+        );
+        let t = w.on_cancel(t.state);
+        calls::<AwaitPaymentChange>(&t);
+        assert!(matches!(t.state.phase, Phase::ResultSubmitted { .. }));
+    }
+
+    #[test]
+    fn a_dispute_authorizes_the_refund_only_when_configured() {
+        let w = PaidJob;
+        for refund_on_dispute in [false, true] {
+            let mut job = input();
+            job.refund_on_dispute = refund_on_dispute;
+            let state = PaidJobState {
+                job,
+                mip_seq: 3,
+                phase: Phase::ResultSubmitted {
+                    payment: payment(Some(OnChainState::ResultSubmitted)),
+                    result: "r".into(),
+                    result_hash: "h".into(),
+                },
+            };
+            let t = w.on_activity(
+                state,
+                ok::<AwaitPaymentChange>(found(Some(OnChainState::Disputed))),
+            );
+            if refund_on_dispute {
+                calls::<AuthorizeRefund>(&t);
+            } else {
+                calls::<AwaitPaymentChange>(&t);
+                assert!(matches!(t.state.phase, Phase::Disputed { .. }));
+            }
+        }
+    }
+
+    #[test]
+    fn the_run_deadline_kills_a_run_that_never_finishes() {
+        let w = PaidJob;
+        let t = running();
+        let late = ExecutionObservation::Unchanged {
+            view: view(ExecState::Running, None, &[]),
+            observed_at: run_deadline(&payment(Some(OnChainState::FundsLocked))),
+        };
+        let t = w.on_activity(t.state, ok::<AwaitExecutionChange>(late));
+        calls::<Kill>(&t);
+    }
+
+    #[test]
+    fn status_id_changes_exactly_when_the_status_changes() {
+        let w = PaidJob;
+        let job = uuid::Uuid::new_v4();
+        let t = w.start(input());
+        let a = t.state.mip_view(job).id;
+        let t = w.on_activity(t.state, ok::<CreatePayment>(payment(None)));
+        assert_eq!(t.state.mip_view(job).id, a, "still awaiting payment");
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitPaymentChange>(found(Some(OnChainState::FundsLocked))),
+        );
+        assert_ne!(t.state.mip_view(job).id, a);
+    }
+}
