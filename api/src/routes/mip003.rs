@@ -96,7 +96,9 @@ async fn availability(State(state): State<AppState>) -> Json<Value> {
         return Json(availability_body(Some("paid jobs are not configured")));
     };
     let flows = paid.catalog.list();
-    let reason = if flows.is_empty() {
+    let reason = if let Some(reason) = services_down(paid) {
+        Some(reason)
+    } else if flows.is_empty() {
         Some("no flow is synced from Kodosumi yet")
     } else if flows.iter().all(|f| f.unavailable_reason().is_some()) {
         Some("no flow has a Masumi agent identifier configured")
@@ -138,7 +140,23 @@ async fn flow_availability(
     Path(uid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let flow = flow(&state, &uid)?;
-    Ok(Json(availability_body(flow.unavailable_reason())))
+    let reason = paid(&state)
+        .ok()
+        .and_then(services_down)
+        .or(flow.unavailable_reason());
+    Ok(Json(availability_body(reason)))
+}
+
+/// A service whose circuit breaker is open: jobs would not start or not run now.
+fn services_down(paid: &crate::PaidJobs) -> Option<&'static str> {
+    use activities::BreakerState::Open;
+    if matches!(paid.services.masumi.breaker_state(), Open { .. }) {
+        Some("the payment service is failing; retry later")
+    } else if matches!(paid.services.kodosumi.breaker_state(), Open { .. }) {
+        Some("the agent runtime is failing; retry later")
+    } else {
+        None
+    }
 }
 
 async fn input_schema(
