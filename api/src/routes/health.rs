@@ -1,4 +1,5 @@
-//! `GET /health`: the process is up and the database answers.
+//! `GET /health`: the database answers; with paid jobs, each external service's circuit
+//! breaker and the flow catalog's sync state.
 
 use crate::AppState;
 use axum::extract::State;
@@ -12,17 +13,33 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    match state.engine.store().ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"status": "ok", "database": "ok"})),
-        ),
+    let database = match state.engine.store().ping().await {
+        Ok(()) => "ok",
         Err(e) => {
             tracing::warn!(error.message = %e, "health check: database unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "database": "unreachable"})),
-            )
+            "unreachable"
         }
+    };
+    let mut body = json!({
+        "status": if database == "ok" { "ok" } else { "unavailable" },
+        "database": database,
+    });
+    if let Some(paid) = &state.paid {
+        let (synced, last_error) = paid.catalog.sync_status();
+        body["services"] = json!({
+            "masumi": { "breaker": paid.services.masumi.breaker_state() },
+            "kodosumi": { "breaker": paid.services.kodosumi.breaker_state() },
+        });
+        body["flows"] = json!({
+            "count": paid.catalog.list().len(),
+            "synced": synced,
+            "last_sync_error": last_error,
+        });
     }
+    let status = if database == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
 }
