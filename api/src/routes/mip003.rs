@@ -255,6 +255,16 @@ async fn start_job(
             };
             return Ok((status, Json(body)));
         }
+        if record.status.is_terminal() && !started.created {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "job_exists",
+                format!(
+                    "a job with this identifier_from_purchaser and input_data already ended ({}); use a new identifier_from_purchaser",
+                    record.status
+                ),
+            ));
+        }
         if record.status.is_terminal() {
             let message = match &job.phase {
                 Phase::Failed { reason } => reason.message.clone(),
