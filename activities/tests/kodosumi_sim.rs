@@ -6,8 +6,8 @@ use activities::kodosumi::types::FlowForm;
 use activities::kodosumi::{
     AwaitExecutionChange, AwaitExecutionChangeInput, ExecState, ExecutionObservation, FetchResult,
     FetchResultInput, GetLockForm, GetLockFormInput, Kill, KillInput, KodosumiClient,
-    KodosumiConfig, LOCK_GONE, Launch, LaunchInput, LaunchOutcome, LaunchResponse, ReleaseLock,
-    ReleaseLockInput, result_text,
+    KodosumiConfig, LOCK_GONE, Launch, LaunchInput, LaunchOutcome, LaunchResponse, NOT_CREATED_YET,
+    ReleaseLock, ReleaseLockInput, result_text,
 };
 use activities::{BreakerConfig, BreakerState, ClientError};
 use chrono::Utc;
@@ -45,6 +45,7 @@ fn fast_config() -> KodosumiSimConfig {
         status_404_window: Duration::from_millis(300),
         short_wait: Duration::from_millis(100),
         wait_for_job: Duration::from_secs(5),
+        lease_delay: Duration::from_millis(300),
         ..KodosumiSimConfig::default()
     }
 }
@@ -514,6 +515,9 @@ async fn a_run_asks_for_input_through_a_lock_then_finishes() {
         released.result,
         json!({"comment": "looks good", "ok": true})
     );
+    // ReleaseLock returned only once the status stopped listing the lock.
+    let after = h.client.poll_status(&fid).await.expect("status");
+    assert!(after.is_some_and(|s| !s.locks.contains(&lock_id) && s.status != ExecState::Awaiting));
 
     let again = release
         .run(
@@ -537,6 +541,74 @@ async fn a_run_asks_for_input_through_a_lock_then_finishes() {
     );
 }
 
+/// As a real Kodosumi: a released lock stays listed (the run `awaiting`) until the run took its
+/// result; meanwhile the lock answers 404.
+#[tokio::test]
+async fn a_released_lock_stays_listed_until_the_run_takes_it() {
+    let mut config = fast_config();
+    config.lease_delay = Duration::from_millis(800);
+    let h = start(config).await;
+    let flows = h.client.list_flows().await.expect("flows");
+    let confirm = flows
+        .iter()
+        .find(|f| f.summary == "Confirm Flow")
+        .expect("confirm flow");
+    let LaunchResponse::Launched { fid } = h
+        .client
+        .launch(&confirm.url, &map(json!({"topic": "dogs"})))
+        .await
+        .expect("launch")
+    else {
+        panic!("expected a launch");
+    };
+    let lock_id = loop {
+        if let Some(s) = h.client.poll_status(&fid).await.expect("status")
+            && let Some(l) = s.locks.first()
+        {
+            break l.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let released = ReleaseLock::new(h.client.clone())
+        .with_settle(Duration::ZERO)
+        .run(
+            ctx(1),
+            ReleaseLockInput {
+                fid: fid.clone(),
+                lock_id: lock_id.clone(),
+                inputs: map(json!({"ok": "on"})),
+            },
+        )
+        .await
+        .expect("released");
+    assert_eq!(released.result["ok"], json!(true));
+    let s = h
+        .client
+        .poll_status(&fid)
+        .await
+        .expect("status")
+        .expect("known");
+    assert_eq!(s.status, ExecState::Awaiting);
+    assert_eq!(s.locks, vec![lock_id.clone()]);
+    let e = h
+        .client
+        .lock_form(&fid, &lock_id)
+        .await
+        .expect_err("released");
+    assert_eq!(e.status(), Some(404));
+    assert!(e.to_string().contains("released"), "{e}");
+
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let s = h
+        .client
+        .poll_status(&fid)
+        .await
+        .expect("status")
+        .expect("known");
+    assert!(s.locks.is_empty(), "{s:?}");
+    assert_ne!(s.status, ExecState::Awaiting);
+}
+
 #[tokio::test]
 async fn kill_stops_a_run_and_its_status_becomes_404() {
     let mut config = fast_config();
@@ -557,7 +629,17 @@ async fn kill_stops_a_run_and_its_status_becomes_404() {
         .await
         .expect("killed");
     assert_eq!(h.client.poll_status(&fid).await.expect("answer"), None);
-    kill.run(ctx(2), KillInput { fid: fid.clone() })
+    // A 404 this soon after the launch may mean "not created yet": retried, not trusted...
+    let young = kill
+        .run(ctx(2), KillInput { fid: fid.clone() })
+        .await
+        .expect_err("a young run's 404 is ambiguous");
+    assert_eq!(young.code, NOT_CREATED_YET);
+    assert!(young.retryable);
+    // ...while after the start-up window, already gone counts as killed.
+    Kill::new(h.client.clone())
+        .with_startup_404_window(Duration::ZERO)
+        .run(ctx(3), KillInput { fid: fid.clone() })
         .await
         .expect("already gone counts as killed");
     let launches = h.launches().await;
@@ -583,6 +665,46 @@ async fn kill_stops_a_run_and_its_status_becomes_404() {
     assert!(
         matches!(out, ExecutionObservation::NotFound { .. }),
         "{out:?}"
+    );
+}
+
+/// Kodosumi answers 404 to a kill before its spooler created the run (~2 s after the launch),
+/// and that run goes on: the kill is retried until the run exists, then it is killed.
+#[tokio::test]
+async fn a_kill_right_after_the_launch_is_retried_until_the_run_exists() {
+    let mut config = fast_config();
+    config.flows[0].behavior.duration_ms = 30_000;
+    config.status_404_window = Duration::from_millis(1_500);
+    let h = start(config).await;
+    let url = h.hello_url().await;
+    let LaunchResponse::Launched { fid } = h
+        .client
+        .launch(&url, &map(json!({"name": "Zed"})))
+        .await
+        .expect("launch")
+    else {
+        panic!("expected a launch");
+    };
+    let kill = Kill::new(h.client.clone());
+    let early = kill
+        .run(ctx(1), KillInput { fid: fid.clone() })
+        .await
+        .expect_err("the run does not exist yet");
+    assert_eq!(early.code, NOT_CREATED_YET);
+    assert!(early.retryable);
+    assert!(!h.launches().await[0].killed, "the run goes on");
+    let mut attempt = 2;
+    loop {
+        match kill.run(ctx(attempt), KillInput { fid: fid.clone() }).await {
+            Ok(()) => break,
+            Err(e) if e.code == NOT_CREATED_YET && attempt < 50 => attempt += 1,
+            Err(e) => panic!("kill failed: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        h.launches().await[0].killed,
+        "the retried kill killed the run"
     );
 }
 

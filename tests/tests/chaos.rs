@@ -59,9 +59,10 @@ async fn killed_workers_lose_nothing() -> anyhow::Result<()> {
         let mut victim = workers.swap_remove(victim_index);
         let pid = victim.id().unwrap_or_default();
         let worker_id = worker_id_of(&db.pool, pid).await?;
-        let orphans = leased_by(&db.pool, worker_id).await?;
         sigkill(&mut victim).await?;
         let killed_at = db_now(&db.pool).await?;
+        // Read after the kill: its leases stay until they expire; what it finished is no orphan.
+        let orphans = leased_by(&db.pool, worker_id).await?;
         eprintln!(
             "chaos: kill {} — SIGKILL worker pid {pid} holding {} workflows",
             k + 1,
@@ -117,5 +118,5 @@ async fn killed_workers_lose_nothing() -> anyhow::Result<()> {
         let _ = w.start_kill();
         let _ = w.wait().await;
     }
-    Ok(())
+    db.drop_database().await
 }

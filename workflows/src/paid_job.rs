@@ -413,6 +413,65 @@ impl PaidJobState {
     }
 }
 
+/// Where a payment seen before the job ran leads: launch once the funds are locked.
+fn on_payment_seen(state: PaidJobState, payment: PaymentSummary) -> Step {
+    match payment.on_chain_state {
+        Some(OnChainState::FundsLocked) => state.go(Phase::Launching { payment }),
+        Some(OnChainState::FundsOrDatumInvalid) => state.go(Phase::PaymentInvalid { payment }),
+        None => state.go(Phase::AwaitingPayment { payment }),
+        Some(_) => follow_payment(
+            state,
+            payment,
+            Failure::new(
+                "refund_requested",
+                "the buyer asked for a refund before the job ran",
+            ),
+        ),
+    }
+}
+
+/// Where a payment seen after the result was submitted leads.
+fn after_submission(
+    state: PaidJobState,
+    payment: PaymentSummary,
+    result: String,
+    result_hash: String,
+) -> Step {
+    match payment.on_chain_state {
+        Some(OnChainState::Withdrawn | OnChainState::DisputedWithdrawn) => {
+            state.go(Phase::Completed {
+                payment,
+                result: Some(result),
+                result_hash: Some(result_hash),
+            })
+        }
+        Some(OnChainState::RefundWithdrawn) => state.go(Phase::Refunded {
+            payment,
+            reason: Failure::new(
+                "refunded_after_dispute",
+                "the buyer was refunded after a dispute",
+            ),
+        }),
+        Some(OnChainState::Disputed) if state.job.refund_on_dispute => {
+            state.go(Phase::AuthorizingRefund {
+                payment,
+                result,
+                result_hash,
+            })
+        }
+        Some(OnChainState::Disputed) => state.go(Phase::Disputed {
+            payment,
+            result,
+            result_hash,
+        }),
+        _ => state.go(Phase::ResultSubmitted {
+            payment,
+            result,
+            result_hash,
+        }),
+    }
+}
+
 /// Where a payment observed on chain leads once the job no longer runs.
 fn follow_payment(state: PaidJobState, payment: PaymentSummary, reason: Failure) -> Step {
     match payment.on_chain_state {
@@ -512,28 +571,17 @@ impl Workflow for PaidJob {
 
     fn on_activity(&self, state: PaidJobState, outcome: ActivityOutcome) -> Step {
         match state.phase.clone() {
+            // A retried request can return the payment an earlier attempt created, which the
+            // buyer may have paid meanwhile: it is judged by its state like any observation
+            // (waiting for a change from `FundsLocked` would never launch the job).
             Phase::CreatingPayment => match outcome.decode::<CreatePayment>() {
-                Ok(payment) => state.go(Phase::AwaitingPayment { payment }),
+                Ok(payment) => on_payment_seen(state, payment),
                 Err(e) => state.go(Phase::Failed {
                     reason: Failure::new("payment_request_failed", error_text(&e)),
                 }),
             },
             Phase::AwaitingPayment { payment } => match outcome.decode::<AwaitPaymentChange>() {
-                Ok(PaymentObservation::Found(p)) => match p.on_chain_state {
-                    Some(OnChainState::FundsLocked) => state.go(Phase::Launching { payment: p }),
-                    Some(OnChainState::FundsOrDatumInvalid) => {
-                        state.go(Phase::PaymentInvalid { payment: p })
-                    }
-                    None => state.go(Phase::AwaitingPayment { payment: p }),
-                    Some(_) => follow_payment(
-                        state,
-                        p,
-                        Failure::new(
-                            "refund_requested",
-                            "the buyer asked for a refund before the job ran",
-                        ),
-                    ),
-                },
+                Ok(PaymentObservation::Found(p)) => on_payment_seen(state, p),
                 Ok(PaymentObservation::Unchanged { observed_at, .. })
                     if observed_at >= ms(payment.pay_by_time_ms) =>
                 {
@@ -636,11 +684,9 @@ impl Workflow for PaidJob {
                 result,
                 result_hash,
             } => match outcome.decode::<SubmitResult>() {
-                Ok(p) => state.go(Phase::ResultSubmitted {
-                    payment: p,
-                    result,
-                    result_hash,
-                }),
+                // A retry that finds the result already submitted returns the payment as it is
+                // now, possibly settled already: judged like any later observation.
+                Ok(p) => after_submission(state, p, result, result_hash),
                 Err(e) => {
                     // Not submitted before the deadline: the buyer's refund follows.
                     let reason = Failure::new("submit_failed", error_text(&e));
@@ -671,52 +717,21 @@ impl Workflow for PaidJob {
                     }
                     Ok(_) | Err(_) => return state.again(),
                 };
-                match p.on_chain_state {
-                    Some(OnChainState::Withdrawn | OnChainState::DisputedWithdrawn) => {
-                        state.go(Phase::Completed {
-                            payment: p,
-                            result: Some(result),
-                            result_hash: Some(result_hash),
-                        })
-                    }
-                    Some(OnChainState::RefundWithdrawn) => state.go(Phase::Refunded {
-                        payment: p,
-                        reason: Failure::new(
-                            "refunded_after_dispute",
-                            "the buyer was refunded after a dispute",
-                        ),
-                    }),
-                    Some(OnChainState::Disputed) if state.job.refund_on_dispute => {
-                        state.go(Phase::AuthorizingRefund {
-                            payment: p,
-                            result,
-                            result_hash,
-                        })
-                    }
-                    Some(OnChainState::Disputed) => state.go(Phase::Disputed {
-                        payment: p,
-                        result,
-                        result_hash,
-                    }),
-                    _ => state.go(Phase::ResultSubmitted {
-                        payment: p,
-                        result,
-                        result_hash,
-                    }),
-                }
+                after_submission(state, p, result, result_hash)
             }
             Phase::AuthorizingRefund {
                 payment,
                 result,
                 result_hash,
             } => match outcome.decode::<AuthorizeRefund>() {
-                Ok(p) => state.go(Phase::FollowingRefund {
-                    payment: p,
-                    reason: Failure::new(
+                Ok(p) => follow_payment(
+                    state,
+                    p,
+                    Failure::new(
                         "refunded_after_dispute",
                         "refund authorized after the buyer's dispute",
                     ),
-                }),
+                ),
                 Err(_) => state.go(Phase::Disputed {
                     payment,
                     result,
@@ -1073,6 +1088,52 @@ mod tests {
     }
 
     #[test]
+    fn a_payment_request_found_already_paid_launches_at_once() {
+        // A retried create_payment adopts the request of an attempt whose worker died; the
+        // buyer may have paid it meanwhile.
+        let w = PaidJob;
+        let t = w.start(input());
+        let t = w.on_activity(
+            t.state,
+            ok::<CreatePayment>(payment(Some(OnChainState::FundsLocked))),
+        );
+        calls::<Launch>(&t);
+        let t = w.start(input());
+        let t = w.on_activity(
+            t.state,
+            ok::<CreatePayment>(payment(Some(OnChainState::FundsOrDatumInvalid))),
+        );
+        assert!(matches!(t.state.phase, Phase::PaymentInvalid { .. }));
+        assert!(matches!(t.next, Next::WaitForSignal));
+    }
+
+    #[test]
+    fn a_submission_found_already_settled_completes_at_once() {
+        // A retried submit_result finds the hash of an attempt whose worker died; on a fast
+        // chain the payment may be withdrawn already: nothing is left to wait for.
+        let w = PaidJob;
+        let t = running();
+        let t = w.on_activity(
+            t.state,
+            ok::<AwaitExecutionChange>(changed(view(
+                ExecState::Finished,
+                Some(r#"{"Markdown":{"body":"Hi"}}"#),
+                &[],
+            ))),
+        );
+        calls::<SubmitResult>(&t);
+        let mut settled = payment(Some(OnChainState::Withdrawn));
+        settled.next_action = RequestedAction::None;
+        let t = w.on_activity(t.state, ok::<SubmitResult>(settled));
+        assert!(
+            matches!(t.next, Next::Complete(_)),
+            "{:?} → {:?}",
+            t.state.phase,
+            t.next
+        );
+    }
+
+    #[test]
     fn happy_path_submits_the_result_hash_once_and_completes_on_withdrawal() {
         let w = PaidJob;
         let t = running();
@@ -1347,6 +1408,27 @@ mod tests {
                 assert!(matches!(t.state.phase, Phase::Disputed { .. }));
             }
         }
+    }
+
+    #[test]
+    fn a_refund_authorization_found_already_withdrawn_ends_at_once() {
+        let w = PaidJob;
+        let mut job = input();
+        job.refund_on_dispute = true;
+        let state = PaidJobState {
+            job,
+            mip_seq: 3,
+            phase: Phase::AuthorizingRefund {
+                payment: payment(Some(OnChainState::Disputed)),
+                result: "r".into(),
+                result_hash: "h".into(),
+            },
+        };
+        let mut settled = payment(Some(OnChainState::RefundWithdrawn));
+        settled.next_action = RequestedAction::None;
+        let t = w.on_activity(state, ok::<AuthorizeRefund>(settled));
+        assert!(matches!(t.state.phase, Phase::Refunded { .. }));
+        assert!(matches!(t.next, Next::Fail(_)), "{:?}", t.next);
     }
 
     #[test]

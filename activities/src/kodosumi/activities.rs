@@ -2,7 +2,7 @@
 //! an execution to change, fetch the result, read and release locks, kill.
 
 use super::client::{KodosumiClient, LaunchResponse, LockRelease, SERVICE};
-use super::types::{ExecState, ExecutionStatus, TimelineItem};
+use super::types::{ExecState, ExecutionStatus, TimelineItem, fid_timestamp};
 use crate::error::ClientError;
 use chrono::{DateTime, Utc};
 use engine::{Activity, ActivityContext, ActivityError, ActivityOptions, Registry, RetryPolicy};
@@ -184,7 +184,9 @@ impl Activity for Launch {
 
     fn options(&self) -> ActivityOptions {
         ActivityOptions {
-            retry: retry(Duration::from_secs(3), Duration::from_secs(15), 4),
+            // A worker killed mid-launch uses up an attempt too; the adoption look keeps retries
+            // from launching twice, so a paid job gets enough of them to survive a few crashes.
+            retry: retry(Duration::from_secs(3), Duration::from_secs(15), 10),
             // Two timeline looks (a page or two each), logins and the launch, each bounded by
             // the client timeout.
             start_to_close_timeout: self.client.timeout() * 10 + self.settle,
@@ -610,10 +612,24 @@ pub struct ReleaseLockOutput {
 /// `kodosumi.release_lock`: `POST /lock/{fid}/{lock_id}`. Errors: code [`LOCK_GONE`] on 404
 /// (already released, or the run is gone; not retried), [`LOCK_REJECTED`] when the flow
 /// refused the values (details: its `errors`).
+///
+/// After a release (and before a [`LOCK_GONE`]) it waits, up to its settle time
+/// ([`LEASE_SETTLE`]), until the run's status no longer lists the lock: a real Kodosumi keeps
+/// answering `awaiting` with the released lock for ~0.3-1.5 s (the run's actor looks for the
+/// release once a second, then the spooler stores the lease), and a caller that awaits a
+/// change from "running, no locks" right away would take the released lock for a new request
+/// for input. The wait is best effort: a status error or the end of the settle time ends it
+/// (logged) and the release stands.
 #[derive(Debug, Clone)]
 pub struct ReleaseLock {
     client: Arc<KodosumiClient>,
+    settle: Duration,
 }
+
+/// How long [`ReleaseLock`] waits at most for Kodosumi to stop listing a released lock.
+pub const LEASE_SETTLE: Duration = Duration::from_secs(10);
+/// Pause between the status polls of that wait.
+const LEASE_POLL: Duration = Duration::from_millis(200);
 
 /// Error code of a release whose lock no longer exists.
 pub const LOCK_GONE: &str = "kodosumi.lock_gone";
@@ -622,7 +638,57 @@ pub const LOCK_REJECTED: &str = "kodosumi.lock_rejected";
 
 impl ReleaseLock {
     pub fn new(client: Arc<KodosumiClient>) -> Self {
-        Self { client }
+        Self {
+            client,
+            settle: LEASE_SETTLE,
+        }
+    }
+
+    /// How long to wait at most for the released lock to leave the status (default
+    /// [`LEASE_SETTLE`]; zero: no wait).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// Polls the status until it no longer lists `lid` (or the run is final or gone), up to
+    /// the settle time.
+    async fn settle(&self, ctx: &ActivityContext, fid: &str, lid: &str) {
+        if self.settle.is_zero() {
+            return;
+        }
+        let t0 = Instant::now();
+        let wait = async {
+            loop {
+                match self.client.poll_status(fid).await {
+                    Ok(Some(s)) if s.status.is_final() || !s.locks.iter().any(|l| l == lid) => {
+                        return Ok(());
+                    }
+                    Ok(None) => return Ok(()),
+                    Ok(Some(_)) => tokio::time::sleep(LEASE_POLL).await,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(self.settle, wait) => {
+                r.unwrap_or_else(|_| Err("still listed at the end of the settle time".to_owned()))
+            }
+            _ = ctx.cancelled() => Err("cancelled".to_owned()),
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::debug!(
+                    fid,
+                    lock.id = lid,
+                    waited_ms = t0.elapsed().as_millis() as u64,
+                    "released lock left the status"
+                );
+            }
+            Err(why) => {
+                tracing::warn!(fid, lock.id = lid, reason = %why, "released lock may still be listed");
+            }
+        }
     }
 }
 
@@ -634,7 +700,8 @@ impl Activity for ReleaseLock {
     fn options(&self) -> ActivityOptions {
         ActivityOptions {
             retry: retry(Duration::from_secs(1), Duration::from_secs(30), 6),
-            start_to_close_timeout: self.client.timeout() * 3,
+            // The release (with a login), then the settle wait.
+            start_to_close_timeout: self.client.timeout() * 3 + self.settle,
             heartbeat_timeout: None,
             schedule_to_close_timeout: None,
         }
@@ -642,14 +709,20 @@ impl Activity for ReleaseLock {
 
     async fn run(
         &self,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: ReleaseLockInput,
     ) -> Result<ReleaseLockOutput, ActivityError> {
-        match self
+        let released = self
             .client
             .release_lock(&input.fid, &input.lock_id, &input.inputs)
-            .await
-        {
+            .await;
+        if matches!(
+            released,
+            Ok(LockRelease::Released { .. }) | Err(ClientError::Status { status: 404, .. })
+        ) {
+            self.settle(&ctx, &input.fid, &input.lock_id).await;
+        }
+        match released {
             Ok(LockRelease::Released { result }) => Ok(ReleaseLockOutput { result }),
             Ok(LockRelease::Rejected { errors }) => Err(ActivityError::non_retryable(
                 LOCK_REJECTED,
@@ -682,14 +755,35 @@ pub struct KillInput {
 }
 
 /// `kodosumi.kill`: `DELETE /outputs/{fid}`; an execution already gone counts as killed.
+///
+/// Except right after its launch: Kodosumi answers 404 until its spooler has created the run's
+/// database (~2 s after the launch), and a run "deleted" then goes on. So a 404 for a run
+/// younger than the start-up window ([`STARTUP_404_WINDOW`] by default, by the creation time
+/// in its fid, Kodosumi's clock) fails retryably with [`NOT_CREATED_YET`], and the retries
+/// (spanning more than the window) delete it once it exists; a 404 after the window counts as
+/// killed. An already-deleted run that is still young is thus retried until the window ends.
 #[derive(Debug, Clone)]
 pub struct Kill {
     client: Arc<KodosumiClient>,
+    startup_404_window: Duration,
 }
+
+/// Error code of a kill answered 404 while the run may not be created yet.
+pub const NOT_CREATED_YET: &str = "kodosumi.not_created_yet";
 
 impl Kill {
     pub fn new(client: Arc<KodosumiClient>) -> Self {
-        Self { client }
+        Self {
+            client,
+            startup_404_window: STARTUP_404_WINDOW,
+        }
+    }
+
+    /// How long after a launch a 404 reads as "not created yet" (default
+    /// [`STARTUP_404_WINDOW`]).
+    pub fn with_startup_404_window(mut self, window: Duration) -> Self {
+        self.startup_404_window = window;
+        self
     }
 }
 
@@ -700,7 +794,8 @@ impl Activity for Kill {
 
     fn options(&self) -> ActivityOptions {
         ActivityOptions {
-            retry: retry(Duration::from_secs(1), Duration::from_secs(30), 6),
+            // 1+2+4+8+16+30+30 s between 8 attempts: more than the start-up window.
+            retry: retry(Duration::from_secs(1), Duration::from_secs(30), 8),
             start_to_close_timeout: self.client.timeout() * 3,
             heartbeat_timeout: None,
             schedule_to_close_timeout: None,
@@ -708,7 +803,21 @@ impl Activity for Kill {
     }
 
     async fn run(&self, _ctx: ActivityContext, input: KillInput) -> Result<(), ActivityError> {
-        self.client.kill(&input.fid).await?;
+        if self.client.kill(&input.fid).await? {
+            return Ok(());
+        }
+        let window = i64::try_from(self.startup_404_window.as_secs()).unwrap_or(i64::MAX);
+        let young = fid_timestamp(&input.fid)
+            .is_some_and(|created| Utc::now().timestamp().saturating_sub(created) < window);
+        if young {
+            return Err(ActivityError::retryable(
+                NOT_CREATED_YET,
+                format!(
+                    "{SERVICE}: run {} is not known yet (404 right after its launch); retrying the kill",
+                    input.fid
+                ),
+            ));
+        }
         Ok(())
     }
 }

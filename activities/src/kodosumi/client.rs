@@ -376,17 +376,21 @@ impl KodosumiClient {
     }
 
     /// `DELETE /outputs/{fid}`: kills the run if it is not final and archives it (its status
-    /// is 404 afterwards). A 404 means already gone: `Ok`.
+    /// is 404 afterwards). `Ok(true)` when Kodosumi deleted it, `Ok(false)` on a 404: the run
+    /// is already gone, **or not created yet** (Kodosumi answers 404 for ~2 s after a launch,
+    /// and that run then goes on); see [`crate::kodosumi::Kill`].
     ///
     /// # Errors
     /// Any [`ClientError`] but a 404.
-    pub async fn kill(&self, fid: &str) -> Result<(), ClientError> {
+    pub async fn kill(&self, fid: &str) -> Result<bool, ClientError> {
         let path = format!("/outputs/{}", segment(fid)?);
         let answer = self
             .request(Method::DELETE, &path, None::<&()>, self.timeout)
             .await?;
-        if answer.status.is_success() || answer.status == StatusCode::NOT_FOUND {
-            Ok(())
+        if answer.status.is_success() {
+            Ok(true)
+        } else if answer.status == StatusCode::NOT_FOUND {
+            Ok(false)
         } else {
             Err(status_error(&answer))
         }

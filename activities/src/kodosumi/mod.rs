@@ -19,9 +19,9 @@ pub mod types;
 pub use activities::{
     AwaitExecutionChange, AwaitExecutionChangeInput, CLOCK_SKEW, ExecutionObservation,
     ExecutionView, FetchResult, FetchResultInput, FetchResultOutput, GetLockForm, GetLockFormInput,
-    GetLockFormOutput, Kill, KillInput, LOCK_GONE, LOCK_REJECTED, Launch, LaunchInput,
-    LaunchOutcome, MAX_CONSECUTIVE_FAILURES, ReleaseLock, ReleaseLockInput, ReleaseLockOutput,
-    STARTUP_404_WINDOW, register, result_text,
+    GetLockFormOutput, Kill, KillInput, LEASE_SETTLE, LOCK_GONE, LOCK_REJECTED, Launch,
+    LaunchInput, LaunchOutcome, MAX_CONSECUTIVE_FAILURES, NOT_CREATED_YET, ReleaseLock,
+    ReleaseLockInput, ReleaseLockOutput, STARTUP_404_WINDOW, register, result_text,
 };
 pub use client::{KodosumiClient, KodosumiConfig, LaunchResponse, LockRelease, SERVICE};
 pub use types::{ExecState, ExecutionStatus, Flow, FlowForm, FormElement};

@@ -8,7 +8,9 @@
 //! `POST {flow.url}` (24-hex fid, `{errors, elements}` as a 200, only `"on"` checks a box,
 //! undeclared keys dropped); `GET /outputs/status/{fid}` (404 `Execution <fid> not found after
 //! 1s.` until the spooler would have created the run, unless `extended=true`, which waits),
-//! `final` as a JSON-encoded string, `awaiting` while a lock is open; `GET /outputs/raw/{fid}`;
+//! `final` as a JSON-encoded string, `awaiting` while a lock is open (a released lock stays
+//! listed until the run took its result, [`KodosumiSimConfig::lease_delay`]);
+//! `GET /outputs/raw/{fid}`;
 //! `GET`/`POST /lock/{fid}/{lid}` (a second release is 404); `DELETE /outputs/{fid}` (then
 //! 404); `GET /timeline/list`; `GET /health`; executions private per user.
 //!
@@ -72,6 +74,11 @@ pub struct KodosumiSimConfig {
     /// How long `extended=true` and the result endpoint wait for an unknown run before their
     /// 404 (`KODO_WAIT_FOR_JOB`). Default 600 s, as Kodosumi.
     pub wait_for_job: Duration,
+    /// How long a released lock stays listed (and the run `awaiting`) after the release: the
+    /// run's actor looks for the release once a second, then the spooler stores the lease
+    /// (0.3-1.5 s against a real Kodosumi 1.1.0). Meanwhile the lock answers 404 "released";
+    /// afterwards 404 "not found". Default 1 s.
+    pub lease_delay: Duration,
     pub faults: Faults,
     /// Key of the HS256 tokens.
     pub secret: String,
@@ -86,6 +93,7 @@ impl Default for KodosumiSimConfig {
             status_404_window: Duration::from_secs(2),
             short_wait: Duration::from_secs(1),
             wait_for_job: Duration::from_secs(600),
+            lease_delay: Duration::from_secs(1),
             faults: Faults::default(),
             secret: DEFAULT_SECRET.to_owned(),
         }
@@ -107,6 +115,7 @@ impl fmt::Debug for KodosumiSimConfig {
             .field("status_404_window", &self.status_404_window)
             .field("short_wait", &self.short_wait)
             .field("wait_for_job", &self.wait_for_job)
+            .field("lease_delay", &self.lease_delay)
             .field("faults", &self.faults)
             .finish_non_exhaustive()
     }
@@ -389,7 +398,10 @@ struct User {
 struct SimLock {
     lid: String,
     elements: Vec<FormElement>,
+    /// Set by the release.
     result: Option<Value>,
+    /// The run took the result and the lease is stored: the lock is no longer listed.
+    leased: bool,
 }
 
 struct Exec {
@@ -434,7 +446,7 @@ impl Exec {
     fn open_locks(&self) -> Vec<String> {
         self.locks
             .iter()
-            .filter(|l| l.result.is_none())
+            .filter(|l| !l.leased)
             .map(|l| l.lid.clone())
             .collect()
     }
@@ -447,6 +459,7 @@ struct Sim {
     status_404_window: Duration,
     short_wait: Duration,
     wait_for_job: Duration,
+    lease_delay: Duration,
     secret: String,
     faults: Mutex<Faults>,
     revoked_before: Mutex<f64>,
@@ -489,6 +502,7 @@ impl Sim {
             status_404_window: config.status_404_window,
             short_wait: config.short_wait,
             wait_for_job: config.wait_for_job,
+            lease_delay: config.lease_delay,
             secret: config.secret,
             faults: Mutex::new(config.faults),
             revoked_before: Mutex::new(0.0),
@@ -1101,6 +1115,7 @@ async fn run_flow(
                 lid: lid.clone(),
                 elements: elements.clone(),
                 result: None,
+                leased: false,
             });
         });
         let deadline = Instant::now() + spec.timeout;
@@ -1126,6 +1141,17 @@ async fn run_flow(
             });
             return;
         };
+        // Kodosumi's actor notices the release on its next look; only then is the lease
+        // stored and the lock no longer listed.
+        if !nap(&cancel, sim.lease_delay).await {
+            return;
+        }
+        update(&mut |e| {
+            if let Some(l) = e.locks.iter_mut().find(|l| l.lid == lid) {
+                l.leased = true;
+            }
+            e.push("lease", json!({"dict": {"lid": lid}}).to_string());
+        });
         if let Value::Object(values) = result {
             vars.extend(values);
         }
@@ -1310,6 +1336,8 @@ fn find_lock(sim: &Sim, user_id: &str, fid: &str, lid: &str) -> LockLookup {
         return LockLookup::NoExecution;
     };
     match exec.locks.iter().find(|l| l.lid == lid) {
+        // The actor dropped the lock once it took the result.
+        Some(l) if l.leased => LockLookup::NoLock,
         Some(l) if l.result.is_some() => LockLookup::Released,
         Some(l) => LockLookup::Found(l.elements.clone()),
         None => LockLookup::NoLock,
@@ -1376,7 +1404,7 @@ async fn lock_post(
         execs.get_mut(&fid).and_then(|e| {
             let l = e.locks.iter_mut().find(|l| l.lid == lid)?;
             l.result = Some(Value::Object(result.clone()));
-            e.push("lease", json!({"dict": {"lid": lid}}).to_string());
+            // The lease is stored once the run took the result (`lease_delay`).
             Some(e.lock_released.clone())
         })
     };

@@ -235,6 +235,17 @@ async fn start_job(
         let record = state.engine.get(started.id).await?;
         let job: PaidJobState = serde_json::from_value(record.state.clone())
             .map_err(|e| ApiError::bad_request(format!("job state: {e}")))?;
+        // Checked first: an ended job still has its (expired or settled) payment request.
+        if record.status.is_terminal() && !started.created {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "job_exists",
+                format!(
+                    "a job with this identifier_from_purchaser and input_data already ended ({}); use a new identifier_from_purchaser",
+                    record.status
+                ),
+            ));
+        }
         if let Some(payment) = job.payment() {
             let body = json!({
                 "id": started.id,
@@ -254,16 +265,6 @@ async fn start_job(
                 StatusCode::OK
             };
             return Ok((status, Json(body)));
-        }
-        if record.status.is_terminal() && !started.created {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "job_exists",
-                format!(
-                    "a job with this identifier_from_purchaser and input_data already ended ({}); use a new identifier_from_purchaser",
-                    record.status
-                ),
-            ));
         }
         if record.status.is_terminal() {
             let message = match &job.phase {
@@ -355,6 +356,13 @@ async fn provide_input(
             format!("expected {{job_id, status_id, input_data}}: {e}"),
         )
     })?;
+    // MIP-003: 400 for a bad job_id, 404 for an unknown job.
+    if WorkflowId::parse(&req.job_id).is_err() {
+        return Err(bad_request(
+            "invalid_job_id",
+            format!("job_id `{}` is not a job id (UUID)", req.job_id),
+        ));
+    }
     let (id, _, job) = load_job(&state, &uid, &req.job_id).await?;
     let view = job.mip_view(id.0);
     let Phase::AwaitingInput {

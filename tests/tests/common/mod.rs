@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod paid;
+
 use anyhow::{Context, bail};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -10,6 +12,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
+
+pub mod services;
+pub mod sqlite;
 
 /// A database created for one test, dropped at the end unless the test failed.
 pub struct TestDb {
@@ -57,6 +62,24 @@ impl TestDb {
         let store = engine::PgStore::new(pool.clone());
         engine::Store::migrate(&store).await?;
         Ok(Self { url, pool, name })
+    }
+
+    /// Drops the database; call it at the end of a passing test (a failed test keeps its
+    /// database for inspection). Processes still connected are disconnected.
+    pub async fn drop_database(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&base_url())
+            .await?;
+        sqlx::query(&format!(
+            "drop database if exists {} with (force)",
+            self.name
+        ))
+        .execute(&admin)
+        .await?;
+        admin.close().await;
+        Ok(())
     }
 }
 
