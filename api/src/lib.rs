@@ -1,6 +1,7 @@
 //! kodomasu's HTTP surface and composition root: the admin API over the engine, health, and
 //! the settings of the `kodomasu` binary.
 
+pub mod bench;
 pub mod error;
 pub mod flows;
 pub mod paid;

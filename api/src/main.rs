@@ -70,6 +70,7 @@ async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<()
         } => run_dev(db, server, worker, services, shutdown).await,
         Command::Sim(SimCommand::Masumi(args)) => run_masumi_sim(&args, shutdown).await,
         Command::Sim(SimCommand::Kodosumi(args)) => run_kodosumi_sim(&args, shutdown).await,
+        Command::Bench(args) => api::bench::run(args, shutdown).await,
     }
 }
 

@@ -52,6 +52,9 @@ pub enum Command {
     /// Run a simulator of an external service (a real HTTP server speaking its API).
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Measure throughput, latency and database commits against the database's own commit
+    /// ceiling (`kodomasu bench`), or the idle cost of workers (`kodomasu bench idle`).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
