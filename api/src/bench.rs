@@ -1173,7 +1173,8 @@ async fn run_workload(
         }
     };
     let before = scratch.quiet_xact().await?;
-    let pool = PgPoolOptions::new()
+    // The same pool settings as `kodomasu server` / `worker` (`connect` in main.rs).
+    let pool = PgStore::pool_options()
         .max_connections(connections)
         .acquire_timeout(Duration::from_secs(30))
         .connect(&scratch.url)

@@ -105,7 +105,7 @@ async fn wait_for_stop_signal() {
 async fn connect(db: &DbArgs) -> anyhow::Result<Arc<dyn Store>> {
     let url = db.url();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let pool = sqlx::postgres::PgPoolOptions::new()
+        let pool = PgStore::pool_options()
             .max_connections(db.max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect(&url)

@@ -7,9 +7,10 @@ use super::{
 use crate::journal::{ActivityAttempt, Event, EventKind, Status, WorkerRecord, WorkflowRecord};
 use crate::{WorkerId, WorkflowId};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use sqlx::Row;
-use sqlx::postgres::{PgListener, PgPool, PgRow};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -30,6 +31,17 @@ impl PgStore {
     /// A store over an existing pool.
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
+    }
+
+    /// Pool options for the engine's connections. sqlx's default `test_before_acquire(true)`
+    /// pings every connection on checkout: one extra round trip before each statement, when
+    /// each engine write is one statement. It is off here. A connection that died while idle
+    /// in the pool (database restart, `pg_terminate_backend`) then fails its next statement
+    /// instead, and sqlx drops it from the pool; every caller already treats a database error
+    /// as transient (a worker retries its commit, fenced if the first try did commit; claims,
+    /// renewals and heartbeats run again on their next tick; an HTTP call returns 503).
+    pub fn pool_options() -> PgPoolOptions {
+        PgPoolOptions::new().test_before_acquire(false)
     }
 
     /// The underlying pool (for tests and tools that read the journal directly).
@@ -83,29 +95,14 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, StoreError> 
     serde_json::to_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-async fn insert_events(
-    conn: &mut sqlx::PgConnection,
-    id: WorkflowId,
-    first_seq: i64,
-    events: &[EventKind],
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let seqs: Vec<i64> = (0..events.len() as i64).map(|i| first_seq + i).collect();
-    let kinds: Vec<&str> = events.iter().map(EventKind::name).collect();
+/// The columns of `events` rows for `unnest`: seqs from `first_seq`, kinds, payloads.
+type EventColumns<'a> = (Vec<i64>, Vec<&'a str>, Vec<serde_json::Value>);
+
+fn event_columns(first_seq: i64, events: &[EventKind]) -> Result<EventColumns<'_>, StoreError> {
+    let seqs = (0..events.len() as i64).map(|i| first_seq + i).collect();
+    let kinds = events.iter().map(EventKind::name).collect();
     let payloads = events.iter().map(to_json).collect::<Result<Vec<_>, _>>()?;
-    sqlx::query(
-        "insert into kodomasu.events (workflow_id, seq, kind, payload)
-         select $1, s, k, p from unnest($2::bigint[], $3::text[], $4::jsonb[]) as t(s, k, p)",
-    )
-    .bind(id)
-    .bind(&seqs)
-    .bind(&kinds)
-    .bind(&payloads)
-    .execute(conn)
-    .await?;
-    Ok(())
+    Ok((seqs, kinds, payloads))
 }
 
 #[async_trait]
@@ -121,15 +118,34 @@ impl Store for PgStore {
     }
 
     async fn create_workflow(&self, new: NewWorkflow) -> Result<Created, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let seqs: Vec<i64> = (1..=new.events.len() as i64).collect();
+        let kinds: Vec<&str> = new.events.iter().map(EventKind::name).collect();
+        let payloads = new
+            .events
+            .iter()
+            .map(to_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        // One statement (its own transaction, one round trip): the row, its first events and
+        // the wake-up hint, the last two only if the row was inserted.
         let inserted: Option<WorkflowId> = sqlx::query_scalar(
-            "insert into kodomasu.workflows
-               (id, workflow_type, key, status, input, state, pending, output, error, version, next_call_seq,
-                run_at, finished_at)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                     case when $13 then now() end)
-             on conflict (workflow_type, key) do nothing
-             returning id",
+            "with created as (
+                insert into kodomasu.workflows
+                  (id, workflow_type, key, status, input, state, pending, output, error, version, next_call_seq,
+                   run_at, finished_at)
+                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                        case when $13 then now() end)
+                on conflict (workflow_type, key) do nothing
+                returning id
+             ),
+             first_events as (
+                insert into kodomasu.events (workflow_id, seq, kind, payload)
+                select created.id, e.s, e.k, e.p
+                from created, unnest($14::bigint[], $15::text[], $16::jsonb[]) as e(s, k, p)
+             ),
+             woken as (
+                select pg_notify($17, '') from created where $12::timestamptz is not null
+             )
+             select id from created where (select count(*) from woken) >= 0",
         )
         .bind(new.id)
         .bind(&new.workflow_type)
@@ -144,28 +160,25 @@ impl Store for PgStore {
         .bind(new.next_call_seq)
         .bind(new.run_at)
         .bind(new.status.is_terminal())
-        .fetch_optional(&mut *tx)
+        .bind(&seqs)
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(WAKE_CHANNEL)
+        .fetch_optional(&self.pool)
         .await?;
-        let Some(id) = inserted else {
-            tx.rollback().await?;
-            let id: WorkflowId = sqlx::query_scalar(
-                "select id from kodomasu.workflows where workflow_type = $1 and key = $2",
-            )
-            .bind(&new.workflow_type)
-            .bind(&new.key)
-            .fetch_one(&self.pool)
-            .await?;
-            return Ok(Created { id, created: false });
-        };
-        insert_events(&mut tx, id, 1, &new.events).await?;
-        if new.run_at.is_some() {
-            sqlx::query("select pg_notify($1, '')")
-                .bind(WAKE_CHANNEL)
-                .execute(&mut *tx)
-                .await?;
+        if let Some(id) = inserted {
+            return Ok(Created { id, created: true });
         }
-        tx.commit().await?;
-        Ok(Created { id, created: true })
+        // (type, key) taken: the existing workflow, read in a new snapshot so a concurrent
+        // creator's row (which made the insert a no-op) is visible.
+        let id: WorkflowId = sqlx::query_scalar(
+            "select id from kodomasu.workflows where workflow_type = $1 and key = $2",
+        )
+        .bind(&new.workflow_type)
+        .bind(&new.key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Created { id, created: false })
     }
 
     async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, StoreError> {
@@ -250,43 +263,60 @@ impl Store for PgStore {
         name: &str,
         payload: &serde_json::Value,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("select status from kodomasu.workflows where id = $1 for update")
+        let terminal: Vec<&str> = Status::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .map(Status::as_str)
+            .collect();
+        // A workflow created by a transaction that committed after the statement's snapshot is
+        // invisible to the update but visible to the check below: then the statement runs again.
+        for _ in 0..3 {
+            // One statement (its own transaction, one round trip). The row lock the update
+            // takes orders concurrent signals: `signal_seq` stays gapless. An unleased workflow
+            // becomes due now; a leased one is told by its holder's next commit.
+            let seq: Option<i64> = sqlx::query_scalar(
+                "with bumped as (
+                    update kodomasu.workflows
+                    set signal_seq = signal_seq + 1, signals_unconsumed = signals_unconsumed + 1,
+                        run_at = case when lease_owner is null then now() else run_at end,
+                        updated_at = now()
+                    where id = $1 and status <> all($5::text[])
+                    returning id, signal_seq
+                 ),
+                 stored as (
+                    insert into kodomasu.signals (workflow_id, seq, name, payload)
+                    select id, signal_seq, $2, $3 from bumped
+                 ),
+                 hinted as (
+                    select pg_notify($4, $6) from bumped
+                 )
+                 select signal_seq from bumped where (select count(*) from hinted) >= 0",
+            )
             .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            return Err(StoreError::NotFound(id));
-        };
-        let current = status(&row)?;
-        if current.is_terminal() {
-            return Err(StoreError::Finished(id, current));
-        }
-        // An unleased workflow becomes due now; a leased one is told by its holder's next commit.
-        let seq: i64 = sqlx::query_scalar(
-            "update kodomasu.workflows
-             set signal_seq = signal_seq + 1, signals_unconsumed = signals_unconsumed + 1,
-                 run_at = case when lease_owner is null then now() else run_at end,
-                 updated_at = now()
-             where id = $1 returning signal_seq",
-        )
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query("insert into kodomasu.signals (workflow_id, seq, name, payload) values ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(seq)
             .bind(name)
             .bind(payload)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("select pg_notify($1, $2)")
             .bind(SIGNAL_CHANNEL)
+            .bind(&terminal)
             .bind(format!("{id} {name}"))
-            .execute(&mut *tx)
+            .fetch_optional(&self.pool)
             .await?;
-        tx.commit().await?;
-        Ok(seq)
+            if let Some(seq) = seq {
+                return Ok(seq);
+            }
+            // Not updated: the workflow is missing or finished (and stays finished).
+            let row = sqlx::query("select status from kodomasu.workflows where id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            let Some(row) = row else {
+                return Err(StoreError::NotFound(id));
+            };
+            let current = status(&row)?;
+            if current.is_terminal() {
+                return Err(StoreError::Finished(id, current));
+            }
+        }
+        Err(StoreError::NotFound(id))
     }
 
     async fn claim(
@@ -356,28 +386,74 @@ impl Store for PgStore {
             LeaseAfter::Keep => (false, None),
             LeaseAfter::Release { run_at } => (true, run_at),
         };
-        let mut tx = self.pool.begin().await?;
-        // The fence: nothing is written unless this worker still holds the lease at this epoch
-        // and nobody else moved the version. While the lease is kept, `run_at` keeps its value
-        // so a workflow recovered after a crash keeps its place in the queue.
+        let (seqs, kinds, payloads) = event_columns(c.expected_version + 1, &c.events)?;
+        let a_call_seq: Vec<i64> = c.attempts.iter().map(|a| a.call_seq).collect();
+        let a_attempt: Vec<i32> = c.attempts.iter().map(|a| a.attempt as i32).collect();
+        let a_name: Vec<&str> = c
+            .attempts
+            .iter()
+            .map(|a| a.activity_name.as_str())
+            .collect();
+        let a_worker: Vec<Option<Uuid>> = c
+            .attempts
+            .iter()
+            .map(|a| a.worker_id.map(|w| w.0))
+            .collect();
+        let a_outcome: Vec<&str> = c.attempts.iter().map(|a| a.outcome.as_str()).collect();
+        let a_error = c
+            .attempts
+            .iter()
+            .map(|a| a.error.as_ref().map(to_json).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
+        let a_started: Vec<Option<DateTime<Utc>>> =
+            c.attempts.iter().map(|a| a.started_at).collect();
+        let a_duration: Vec<Option<i64>> = c.attempts.iter().map(|a| a.duration_ms).collect();
+        // One statement, so one round trip and its own transaction (no BEGIN/COMMIT).
+        // The fence (`fenced`): nothing is written unless this worker still holds the lease at
+        // this epoch and nobody else moved the version; every other part joins on its result,
+        // so a fenced commit writes nothing and returns no row. While the lease is kept,
+        // `run_at` keeps its value so a workflow recovered after a crash keeps its place in
+        // the queue. Events get seq = expected_version + 1.. (gapless, = the version produced).
         let row = sqlx::query(
-            "update kodomasu.workflows set
-                status = $5, state = $6, pending = $7, output = $8, error = $9, version = $10,
-                next_call_seq = $11, cancel_requested = $12,
-                signal_seen = $13, signals_unconsumed = signals_unconsumed - $14,
-                lease_owner = case when $15 then null else lease_owner end,
-                lease_expires_at = case when $15 then null else now() + make_interval(secs => $16) end,
-                run_at = case when not $15 then coalesce(run_at, now())
-                              when signal_seq > $13 then now()
-                              else $17 end,
-                heartbeat_details = case when $18 then null else coalesce($20, heartbeat_details) end,
-                heartbeat_at = case when $18 then null
-                                    when $20::jsonb is not null then now()
-                                    else heartbeat_at end,
-                finished_at = case when $19 then coalesce(finished_at, now()) end,
-                updated_at = now()
-             where id = $1 and lease_owner = $2 and lease_epoch = $3 and version = $4
-             returning signal_seq, now() as db_now",
+            "with fenced as (
+                update kodomasu.workflows set
+                    status = $5, state = $6, pending = $7, output = $8, error = $9, version = $10,
+                    next_call_seq = $11, cancel_requested = $12,
+                    signal_seen = $13, signals_unconsumed = signals_unconsumed - $14,
+                    lease_owner = case when $15 then null else lease_owner end,
+                    lease_expires_at = case when $15 then null else now() + make_interval(secs => $16) end,
+                    run_at = case when not $15 then coalesce(run_at, now())
+                                  when signal_seq > $13 then now()
+                                  else $17 end,
+                    heartbeat_details = case when $18 then null else coalesce($20, heartbeat_details) end,
+                    heartbeat_at = case when $18 then null
+                                        when $20::jsonb is not null then now()
+                                        else heartbeat_at end,
+                    finished_at = case when $19 then coalesce(finished_at, now()) end,
+                    updated_at = now()
+                where id = $1 and lease_owner = $2 and lease_epoch = $3 and version = $4
+                returning id, signal_seq, now() as db_now
+             ),
+             new_events as (
+                insert into kodomasu.events (workflow_id, seq, kind, payload)
+                select fenced.id, e.s, e.k, e.p
+                from fenced, unnest($21::bigint[], $22::text[], $23::jsonb[]) as e(s, k, p)
+             ),
+             new_attempts as (
+                insert into kodomasu.activity_attempts
+                  (workflow_id, call_seq, attempt, activity_name, worker_id, outcome, error, started_at, duration_ms)
+                select fenced.id, a.call_seq, a.attempt, a.activity_name, a.worker_id, a.outcome, a.error,
+                       a.started_at, a.duration_ms
+                from fenced, unnest($24::bigint[], $25::integer[], $26::text[], $27::uuid[], $28::text[],
+                                    $29::jsonb[], $30::timestamptz[], $31::bigint[])
+                     as a(call_seq, attempt, activity_name, worker_id, outcome, error, started_at, duration_ms)
+             ),
+             consumed as (
+                update kodomasu.signals s set consumed_at = now(), consumed_in = $10
+                from fenced
+                where s.workflow_id = fenced.id and s.seq = any($32) and s.consumed_at is null
+             )
+             select signal_seq, db_now from fenced",
         )
         .bind(c.id)
         .bind(c.worker)
@@ -399,42 +475,23 @@ impl Store for PgStore {
         .bind(c.clear_heartbeat)
         .bind(c.status.is_terminal())
         .bind(&c.heartbeat_details)
-        .fetch_optional(&mut *tx)
+        .bind(&seqs)
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(&a_call_seq)
+        .bind(&a_attempt)
+        .bind(&a_name)
+        .bind(&a_worker)
+        .bind(&a_outcome)
+        .bind(&a_error)
+        .bind(&a_started)
+        .bind(&a_duration)
+        .bind(&c.consumed_signals)
+        .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
             return Err(StoreError::Fenced);
         };
-        insert_events(&mut tx, c.id, c.expected_version + 1, &c.events).await?;
-        for a in &c.attempts {
-            sqlx::query(
-                "insert into kodomasu.activity_attempts
-                   (workflow_id, call_seq, attempt, activity_name, worker_id, outcome, error, started_at, duration_ms)
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(c.id)
-            .bind(a.call_seq)
-            .bind(a.attempt as i32)
-            .bind(&a.activity_name)
-            .bind(a.worker_id)
-            .bind(a.outcome.as_str())
-            .bind(a.error.as_ref().map(to_json).transpose()?)
-            .bind(a.started_at)
-            .bind(a.duration_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !c.consumed_signals.is_empty() {
-            sqlx::query(
-                "update kodomasu.signals set consumed_at = now(), consumed_in = $3
-                 where workflow_id = $1 and seq = any($2) and consumed_at is null",
-            )
-            .bind(c.id)
-            .bind(&c.consumed_signals)
-            .bind(new_version)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         Ok(Committed {
             version: new_version,
             signal_seq: row.try_get("signal_seq")?,
