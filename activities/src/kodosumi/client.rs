@@ -158,7 +158,6 @@ impl KodosumiClient {
                 "base URL must start with http:// or https://, got {base_url:?}"
             )));
         }
-        crate::ensure_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))

@@ -34,7 +34,8 @@ pub const SERVICE: &str = "masumi";
 /// Settings of a [`MasumiClient`].
 #[derive(Debug, Clone)]
 pub struct MasumiConfig {
-    /// Base URL including `/api/v1`, e.g. `https://host/api/v1` (`http://` or `https://`).
+    /// Base URL including `/api/v1`, e.g. `http://host:3001/api/v1`. This build speaks plain
+    /// `http://` only (reqwest without a TLS feature).
     pub base_url: String,
     /// The API key, sent as header `token`.
     pub token: Secret,
@@ -87,7 +88,6 @@ impl MasumiClient {
         let mut token = HeaderValue::from_str(config.token.expose())
             .map_err(|_| invalid("the API token is not a valid header value".to_owned()))?;
         token.set_sensitive(true);
-        crate::ensure_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
