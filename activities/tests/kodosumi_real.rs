@@ -1,13 +1,13 @@
 //! The Kodosumi client and activities against a REAL Kodosumi 1.1.0 panel.
 //!
-//! Not part of CI's evidence: every test returns at once (printing a notice) unless
-//! `KODOMASU_REAL_KODOSUMI_URL` is set. `scripts/real-kodosumi/run.sh` starts Ray, the flow app
+//! Not part of CI: every test is `#[ignore]`d (CI has no Kodosumi) and, run with `--ignored`,
+//! returns at once with a notice unless `KODOMASU_REAL_KODOSUMI_URL` is set. `scripts/real-kodosumi/run.sh` starts Ray, the flow app
 //! `scripts/real-kodosumi/hello_app.py` ("Hello World" and "Confirm Flow", the same flows as the
 //! recorded fixtures and the simulator), Kodosumi's spooler and panel, then runs
 //!
 //! ```text
 //! KODOMASU_REAL_KODOSUMI_URL=http://127.0.0.1:3370 KODOMASU_REAL_KODOSUMI_APP=http://127.0.0.1:8011 \
-//!   cargo test -p activities --test kodosumi_real -- --nocapture --test-threads=1
+//!   cargo test -p activities --test kodosumi_real -- --ignored --nocapture --test-threads=1
 //! ```
 //!
 //! Optional: `KODOMASU_REAL_KODOSUMI_APP` (the flow app's base URL, to check the flow paths and
@@ -255,6 +255,7 @@ async fn await_until(
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
+#[ignore = "needs a real Kodosumi 1.1.0: run scripts/real-kodosumi/run.sh"]
 async fn t1_login_health_and_flows() {
     let Some(real) = Real::from_env("login, health, flows") else {
         return;
@@ -364,6 +365,7 @@ async fn t1_login_health_and_flows() {
 }
 
 #[tokio::test]
+#[ignore = "needs a real Kodosumi 1.1.0: run scripts/real-kodosumi/run.sh"]
 async fn t2_form_schema_and_validation() {
     let Some(real) = Real::from_env("form, MIP-003 schema, validation") else {
         return;
@@ -436,6 +438,7 @@ async fn t2_form_schema_and_validation() {
 }
 
 #[tokio::test]
+#[ignore = "needs a real Kodosumi 1.1.0: run scripts/real-kodosumi/run.sh"]
 async fn t3_launch_status_result_timeline() {
     let Some(real) = Real::from_env("launch, status, result, timeline") else {
         return;
@@ -535,6 +538,7 @@ async fn t3_launch_status_result_timeline() {
 }
 
 #[tokio::test]
+#[ignore = "needs a real Kodosumi 1.1.0: run scripts/real-kodosumi/run.sh"]
 async fn t4_launch_refused_by_the_flow() {
     let Some(real) = Real::from_env("launch refused (InputsError)") else {
         return;
@@ -583,6 +587,7 @@ async fn t4_launch_refused_by_the_flow() {
 }
 
 #[tokio::test]
+#[ignore = "needs a real Kodosumi 1.1.0: run scripts/real-kodosumi/run.sh"]
 async fn t5_failing_runs() {
     let Some(real) = Real::from_env("failing runs") else {
         return;
@@ -649,6 +654,7 @@ async fn t5_failing_runs() {
 }
 
 #[tokio::test]
+#[ignore = "needs a real Kodosumi 1.1.0: run scripts/real-kodosumi/run.sh"]
 async fn t6_kill_a_running_execution() {
     let Some(real) = Real::from_env("kill") else {
         return;
@@ -764,6 +770,7 @@ async fn t6_kill_a_running_execution() {
 }
 
 #[tokio::test]
+#[ignore = "needs a real Kodosumi 1.1.0: run scripts/real-kodosumi/run.sh"]
 async fn t7_activities_and_launch_adoption() {
     let Some(real) = Real::from_env("activities: Launch (adoption), Await, FetchResult") else {
         return;
@@ -862,6 +869,7 @@ async fn t7_activities_and_launch_adoption() {
 }
 
 #[tokio::test]
+#[ignore = "needs a real Kodosumi 1.1.0: run scripts/real-kodosumi/run.sh"]
 async fn t8_lock_round_trip() {
     let Some(real) = Real::from_env("lock (awaiting) round trip") else {
         return;
