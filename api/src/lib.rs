@@ -2,6 +2,7 @@
 //! the settings of the `kodomasu` binary.
 
 pub mod bench;
+pub mod cli;
 pub mod error;
 pub mod flows;
 pub mod paid;
