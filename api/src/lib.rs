@@ -31,6 +31,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(routes::health::router())
+        .merge(routes::dashboard::router())
         .merge(routes::mip003::router())
         .nest(
             "/api/v1",
