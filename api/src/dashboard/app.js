@@ -801,8 +801,13 @@
       try {
         const p = await api(`/workflows/${encodeURIComponent(id)}/payment`);
         payment.hidden = false;
-        payment.replaceChildren(el('h2', { text: 'Payment' }), el('dl', { class: 'kv' },
-          Object.entries(p || {}).flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { class: typeof v === 'object' ? 'mono' : '', text: typeof v === 'object' ? compact(v) : String(v) })])));
+        // `{id, flow, payment: {...}}`: the payment's own fields, flattened.
+        const fields = p && p.payment && typeof p.payment === 'object' ? { flow: p.flow, ...p.payment } : (p || {});
+        payment.replaceChildren(el('h2', { text: 'Payment' }), el('dl', { class: 'kv', id: 'payment-fields' },
+          Object.entries(fields).flatMap(([k, v]) => {
+            const object = v !== null && typeof v === 'object';
+            return [el('dt', { text: k.replace(/_/g, ' ') }), el('dd', { class: object ? 'mono' : '', text: object ? compact(v) : String(v ?? '–') })];
+          })));
       } catch (e) {
         payment.hidden = true;
       }
