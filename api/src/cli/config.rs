@@ -762,14 +762,15 @@ mod tests {
                     "{profile:?} lacks `{key}`:\n{text}"
                 );
             }
-            // Uncommenting every default still loads.
+            // Uncommenting every default or example still loads (`""` marks an option that is
+            // unset by default and has no example: it stays commented).
             let uncommented: String = text
                 .lines()
                 .map(|l| {
                     let rest = l.strip_prefix("# ").unwrap_or(l);
                     if rest
                         .split_once(" = ")
-                        .is_some_and(|(k, _)| all.contains_key(k))
+                        .is_some_and(|(k, v)| all.contains_key(k) && v != "\"\"")
                     {
                         rest.to_owned()
                     } else {

@@ -164,6 +164,7 @@
     if (loginShown) return;
     loginShown = true;
     disconnectEvents();
+    setLive('signed-out');
     $('#login').hidden = false;
     $('#logout').hidden = true;
     $('#login-error').textContent = '';
@@ -236,7 +237,7 @@
     liveState = state;
     const node = $('#live-status');
     node.dataset.state = state;
-    node.textContent = { live: '● live', polling: '○ polling', connecting: '… connecting', reconnecting: '… reconnecting' }[state] || state;
+    node.textContent = { live: '● live', polling: '○ polling', connecting: '… connecting', reconnecting: '… reconnecting', 'signed-out': '○ signed out' }[state] || state;
     node.title = state === 'live' ? 'Live: following /api/v1/events' : 'No live stream: refreshing periodically';
   }
 
