@@ -12,7 +12,7 @@ use crate::driver::{self, AttemptEnd, AttemptSpec, Draft};
 use crate::journal::{Cause, Pending, Status};
 use crate::registry::Registry;
 use crate::store::{
-    Claimed, LeaseAfter, LeaseRenewal, NewAttempt, Store, StoreError, Wake, WorkerInfo,
+    Claimed, LeaseAfter, LeaseRenewal, NewAttempt, Presence, Store, StoreError, Wake, WorkerInfo,
 };
 use crate::{AttemptOutcome, EngineError, WorkerId, WorkflowError, WorkflowId};
 use backon::{ExponentialBuilder, Retryable};
@@ -221,14 +221,11 @@ impl Worker {
     /// When the worker cannot register with the store.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
         let s = &self.shared;
-        let info = WorkerInfo {
-            id: s.id,
-            host: s.config.host.clone(),
-            pid: std::process::id() as i32,
-            slots: s.config.slots as i32,
-            lease_ttl: s.config.lease_ttl,
-        };
-        s.store.register_worker(&info).await?;
+        // Presence first: no registry row may exist without its lock (see `Store::presence`).
+        let presence = s.store.presence(s.id).await?;
+        s.store
+            .register_worker(&self.info(presence.as_deref()))
+            .await?;
         // Drives run in their own tasks; if this future is dropped mid-way, they must die too.
         let crash_guard = s.crashed.clone().drop_guard();
         info!(worker.id = %s.id, slots = s.config.slots, lease_ttl = ?s.config.lease_ttl, "worker started");
@@ -238,6 +235,9 @@ impl Worker {
         let renew_stop = CancellationToken::new();
         loops.spawn(self.clone().renew_loop(renew_stop.clone()));
         loops.spawn(self.clone().listen_loop(s.stopping.clone()));
+        if let Some(presence) = presence {
+            loops.spawn(self.clone().watch_loop(presence, renew_stop.clone()));
+        }
         let claim = self.clone().claim_loop(tracker.clone());
 
         tokio::select! {
@@ -292,6 +292,61 @@ impl Worker {
                 let held = self.hold(&c);
                 driven += 1;
                 self.drive(c, held).await;
+            }
+        }
+    }
+
+    fn info(&self, presence: Option<&dyn Presence>) -> WorkerInfo {
+        let s = &self.shared;
+        WorkerInfo {
+            id: s.id,
+            host: s.config.host.clone(),
+            pid: std::process::id() as i32,
+            slots: s.config.slots as i32,
+            lease_ttl: s.config.lease_ttl,
+            watch_pid: presence.and_then(Presence::watch_pid),
+        }
+    }
+
+    /// Keeps this worker's presence and reaps the peers it sees die, so their workflows move
+    /// within milliseconds of the death instead of after their lease TTL. When a presence
+    /// session fails, takes a new one and re-registers (a peer may have reaped this worker
+    /// meanwhile; its leases were then fenced, which is safe).
+    async fn watch_loop(self, mut presence: Box<dyn Presence>, stop: CancellationToken) {
+        let s = &self.shared;
+        loop {
+            let death =
+                tokio::select! { d = presence.next_death() => d, _ = stop.cancelled() => return };
+            match death {
+                Ok(None) => {}
+                Ok(Some(dead)) => match s.store.reap_worker(dead).await {
+                    Ok(freed) => {
+                        info!(worker.id = %s.id, dead_worker.id = %dead, workflows = freed, "worker died; its workflows move now")
+                    }
+                    Err(e) => {
+                        warn!(dead_worker.id = %dead, error.message = %e, "could not reap a dead worker; its leases will expire")
+                    }
+                },
+                Err(e) => {
+                    warn!(error.message = %e, "presence session failed; taking it again");
+                    drop(presence);
+                    let acquire = || async {
+                        let p = s.store.presence(s.id).await?.ok_or_else(|| {
+                            StoreError::Corrupt("presence no longer supported".into())
+                        })?;
+                        s.store.register_worker(&self.info(Some(&*p))).await?;
+                        Ok::<_, StoreError>(p)
+                    };
+                    let again = tokio::select! {
+                        p = acquire.retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(10)).without_max_times())
+                            .notify(|e: &StoreError, d| warn!(error.message = %e, retry_in = ?d, "presence failed")) => p,
+                        _ = stop.cancelled() => return,
+                    };
+                    match again {
+                        Ok(p) => presence = p,
+                        Err(_) => return,
+                    }
+                }
             }
         }
     }

@@ -12,6 +12,7 @@
 //!   ordered by their gapless `seq`;
 //! - [`Store::listen`] hints are best effort; workers also poll.
 
+mod pg_presence;
 mod postgres;
 mod sqlite;
 
@@ -186,6 +187,23 @@ pub struct WorkerInfo {
     pub pid: i32,
     pub slots: i32,
     pub lease_ttl: Duration,
+    /// The backend session that watches for dead peers ([`Presence::watch_pid`]), if any.
+    pub watch_pid: Option<i32>,
+}
+
+/// A worker process's presence in the database, held for as long as this value lives; when
+/// the process dies the database notices at once, and a peer's [`Presence::next_death`]
+/// reports it, so its workflows move without waiting for their leases to expire.
+#[async_trait]
+pub trait Presence: Send + Debug {
+    /// The id of the session whose wait a joining worker interrupts (recorded in the registry).
+    fn watch_pid(&self) -> Option<i32>;
+    /// Waits for a watched worker to die and returns it; `None` when the wait ended without a
+    /// death (periodic recheck, or a worker joined); call again.
+    ///
+    /// # Errors
+    /// When a presence session failed: drop this presence and acquire a new one.
+    async fn next_death(&mut self) -> Result<Option<WorkerId>, StoreError>;
 }
 
 /// Filters of [`Store::list_workflows`]; newest first, `cursor` is the last id of the previous page.
@@ -270,7 +288,19 @@ pub trait Store: Send + Sync + Debug + 'static {
         worker: WorkerId,
         leases: &[(WorkflowId, i64)],
     ) -> Result<(), StoreError>;
+    /// Registers a worker, or re-registers it (clears `stopped_at`) after its presence was
+    /// re-acquired.
     async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError>;
+    /// Takes `worker`'s presence; call before [`Store::register_worker`]. `None` when the backend
+    /// cannot tell a dead process from a live one (then leases alone find dead workers).
+    async fn presence(&self, _worker: WorkerId) -> Result<Option<Box<dyn Presence>>, StoreError> {
+        Ok(None)
+    }
+    /// A worker was found dead: marks it stopped and expires its leases so that other workers
+    /// claim its workflows now; returns how many it held.
+    async fn reap_worker(&self, _worker: WorkerId) -> Result<u64, StoreError> {
+        Ok(0)
+    }
     async fn worker_heartbeat(&self, worker: WorkerId, slots_used: i32) -> Result<(), StoreError>;
     async fn worker_stopped(&self, worker: WorkerId) -> Result<(), StoreError>;
     async fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;

@@ -1,8 +1,9 @@
 //! The PostgreSQL journal: the production backend.
 
+use super::pg_presence::PgPresence;
 use super::{
-    Claimed, Committed, Created, LeaseAfter, LeaseRenewal, ListFilter, NewWorkflow, Renewed,
-    StepCommit, Store, StoreError, StoredSignal, Wake, WakeListener, WorkerInfo,
+    Claimed, Committed, Created, LeaseAfter, LeaseRenewal, ListFilter, NewWorkflow, Presence,
+    Renewed, StepCommit, Store, StoreError, StoredSignal, Wake, WakeListener, WorkerInfo,
 };
 use crate::journal::{ActivityAttempt, Event, EventKind, Status, WorkerRecord, WorkflowRecord};
 use crate::{WorkerId, WorkflowId};
@@ -585,16 +586,49 @@ impl Store for PgStore {
 
     async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
         sqlx::query(
-            "insert into kodomasu.workers (id, host, pid, slots, lease_ttl_ms) values ($1, $2, $3, $4, $5)",
+            "insert into kodomasu.workers (id, host, pid, slots, lease_ttl_ms, watch_pid)
+             values ($1, $2, $3, $4, $5, $6)
+             on conflict (id) do update
+             set stopped_at = null, heartbeat_at = now(), watch_pid = excluded.watch_pid",
         )
         .bind(info.id)
         .bind(&info.host)
         .bind(info.pid)
         .bind(info.slots)
         .bind(info.lease_ttl.as_millis() as i64)
+        .bind(info.watch_pid)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn presence(&self, worker: WorkerId) -> Result<Option<Box<dyn Presence>>, StoreError> {
+        let options = self.pool.connect_options();
+        let presence = PgPresence::acquire(&options, worker).await?;
+        Ok(Some(Box::new(presence)))
+    }
+
+    async fn reap_worker(&self, worker: WorkerId) -> Result<u64, StoreError> {
+        let freed: i64 = sqlx::query_scalar(
+            "with stopped as (
+                update kodomasu.workers set stopped_at = coalesce(stopped_at, now()), slots_used = 0
+                where id = $1 returning id
+             ), freed as (
+                update kodomasu.workflows set lease_expires_at = now()
+                where lease_owner = $1 and lease_expires_at > now() returning id
+             )
+             select count(*) from freed",
+        )
+        .bind(worker)
+        .fetch_one(&self.pool)
+        .await?;
+        if freed > 0 {
+            sqlx::query("select pg_notify($1, '')")
+                .bind(WAKE_CHANNEL)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(freed as u64)
     }
 
     async fn worker_heartbeat(&self, worker: WorkerId, slots_used: i32) -> Result<(), StoreError> {
