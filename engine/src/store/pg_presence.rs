@@ -20,7 +20,7 @@
 use super::{Presence, StoreError};
 use crate::WorkerId;
 use async_trait::async_trait;
-use sqlx::ConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -42,8 +42,8 @@ pub(crate) fn presence_key(worker: WorkerId) -> i64 {
 #[derive(Debug)]
 pub(crate) struct PgPresence {
     me: WorkerId,
-    /// Holds this worker's lock; idle for its whole life. Dropped with the presence.
-    _holder: PgConnection,
+    /// Holds this worker's lock; idle but for one ping per wait. Dropped with the presence.
+    holder: PgConnection,
     watcher: PgConnection,
     watcher_pid: i32,
     /// Dead workers found by the first sweep, reported before the ring wait starts.
@@ -93,7 +93,7 @@ impl PgPresence {
             .await?;
         Ok(Self {
             me,
-            _holder: holder,
+            holder,
             watcher,
             watcher_pid,
             found: VecDeque::new(),
@@ -116,6 +116,9 @@ impl Presence for PgPresence {
         if let Some(dead) = self.found.pop_front() {
             return Ok(Some(dead));
         }
+        // A holder session cut on its own (`pg_terminate_backend`, a proxy timeout) has lost our
+        // lock; fail so that the worker takes its presence again.
+        self.holder.ping().await?;
         let successor: Option<WorkerId> = sqlx::query_scalar(
             "select w.id from kodomasu.workers w,
                     (select started_at, id from kodomasu.workers where id = $1) me
