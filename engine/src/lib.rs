@@ -42,7 +42,7 @@ pub use registry::Registry;
 pub use retry::backoff_delay;
 pub use signal::{BuiltinSignal, SignalName};
 pub use store::{PgStore, SqliteStore, Store, StoreError};
-pub use worker::{Worker, WorkerConfig, WorkerHandle};
+pub use worker::{LocalDispatch, Worker, WorkerConfig, WorkerHandle};
 pub use workflow::{
     ActivityCall, ActivityOutcome, Next, NoSignal, Transition, Workflow, WorkflowError,
 };

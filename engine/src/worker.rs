@@ -130,6 +130,72 @@ struct Shared {
     /// Fires when [`Worker::run`] is dropped before it finished (a crash): in-flight drives
     /// are dropped with it, writing and releasing nothing, as if the process died.
     crashed: CancellationToken,
+    /// Free slots, shared by the claim loop and [`LocalDispatch`].
+    slots: Arc<Semaphore>,
+    /// Every drive task of [`Worker::run`].
+    drives: TaskTracker,
+    /// Registered and not stopping: [`LocalDispatch`] may hand workflows over.
+    accepting: std::sync::atomic::AtomicBool,
+}
+
+/// Hands workflows started in this process straight to a local worker with a free slot:
+/// [`crate::Engine::start`] creates them already leased to it (one write, no claim, no
+/// notification hop), and the worker drives them at once. Attach with
+/// [`crate::Engine::dispatch_to`]. Without a free slot, a workflow is created unleased as usual.
+#[derive(Debug, Clone)]
+pub struct LocalDispatch {
+    worker: Worker,
+}
+
+/// A reserved slot of a local worker, for one workflow about to be created.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    worker: Worker,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl LocalDispatch {
+    /// A free slot for a workflow of `workflow_type`, if the worker runs that type and is up.
+    pub(crate) fn reserve(&self, workflow_type: &str) -> Option<Reservation> {
+        let s = &self.worker.shared;
+        if !s.accepting.load(Ordering::Acquire)
+            || s.stopping.is_cancelled()
+            || !s.workflow_types.iter().any(|t| t == workflow_type)
+        {
+            return None;
+        }
+        let permit = s.slots.clone().try_acquire_owned().ok()?;
+        Some(Reservation {
+            worker: self.worker.clone(),
+            permit,
+        })
+    }
+}
+
+impl Reservation {
+    pub(crate) fn worker_id(&self) -> WorkerId {
+        self.worker.shared.id
+    }
+
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        self.worker.shared.config.lease_ttl
+    }
+
+    /// Drives the workflow created leased to this worker, in the worker's own task set.
+    pub(crate) fn hand_over(self, claimed: Claimed) {
+        let Self { worker, permit } = self;
+        let s = &worker.shared;
+        s.clock.observe(claimed.db_now);
+        let held = worker.hold(&claimed);
+        let driver = worker.clone();
+        s.drives.spawn(async move {
+            tokio::select! {
+                () = driver.drive(claimed, held) => {}
+                () = driver.shared.crashed.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// A pool of workflow slots in this process.
@@ -182,6 +248,7 @@ enum StepStop {
 impl Worker {
     /// A worker over `store` running the types in `registry`.
     pub fn new(store: Arc<dyn Store>, registry: Registry, config: WorkerConfig) -> Self {
+        let config_slots = config.slots.max(1);
         Self {
             shared: Arc::new(Shared {
                 id: WorkerId::new(),
@@ -196,6 +263,9 @@ impl Worker {
                 stopping: CancellationToken::new(),
                 abandon: CancellationToken::new(),
                 crashed: CancellationToken::new(),
+                slots: Arc::new(Semaphore::new(config_slots)),
+                drives: TaskTracker::new(),
+                accepting: false.into(),
             }),
         }
     }
@@ -230,7 +300,8 @@ impl Worker {
         let crash_guard = s.crashed.clone().drop_guard();
         info!(worker.id = %s.id, slots = s.config.slots, lease_ttl = ?s.config.lease_ttl, "worker started");
 
-        let tracker = TaskTracker::new();
+        let tracker = s.drives.clone();
+        s.accepting.store(true, Ordering::Release);
         let mut loops = JoinSet::new();
         let renew_stop = CancellationToken::new();
         loops.spawn(self.clone().renew_loop(renew_stop.clone()));
@@ -244,6 +315,7 @@ impl Worker {
             _ = claim => {},
             _ = shutdown.cancelled() => {},
         }
+        s.accepting.store(false, Ordering::Release);
         s.stopping.cancel();
         s.wake.notify_one();
         tracker.close();
@@ -293,6 +365,14 @@ impl Worker {
                 driven += 1;
                 self.drive(c, held).await;
             }
+        }
+    }
+
+    /// A handle with which an [`crate::Engine`] in this process hands new workflows straight
+    /// to this worker.
+    pub fn local_dispatch(&self) -> LocalDispatch {
+        LocalDispatch {
+            worker: self.clone(),
         }
     }
 
@@ -367,7 +447,7 @@ impl Worker {
 
     async fn claim_loop(self, tracker: TaskTracker) {
         let s = &self.shared;
-        let semaphore = Arc::new(Semaphore::new(s.config.slots.max(1)));
+        let semaphore = s.slots.clone();
         let mut failures = 0u32;
         loop {
             let first = tokio::select! {

@@ -186,3 +186,56 @@ async fn the_watch_ring_follows_deaths_and_joins(pool: sqlx::PgPool) -> anyhow::
     db.finish(true).await;
     Ok(())
 }
+
+/// A workflow started in a process with a local worker is created leased to it and driven at
+/// once; when the local worker is full, it is created unleased and claimed as usual.
+#[sqlx::test(migrations = false)]
+async fn local_start_hands_the_workflow_to_a_local_worker(
+    pool: sqlx::PgPool,
+) -> anyhow::Result<()> {
+    let db = Backend::postgres(pool).await;
+    let store = db.store();
+    let probe = Probe::new();
+    let registry = registry(&probe);
+    let engine = Engine::new(store.clone(), registry.clone());
+    let local = Worker::new(store.clone(), registry.clone(), long_lease(1));
+    let local_id = local.id();
+    engine.dispatch_to(&local);
+    let local = local.spawn();
+    wait_for("the local worker to register", || {
+        let store = store.clone();
+        async move {
+            let workers = store.workers().await.ok()?;
+            workers.iter().any(|w| w.id == local_id).then_some(())
+        }
+    })
+    .await;
+
+    let first = start_call(&engine, 1, 500).await;
+    let leased = snapshot(&store, first).await;
+    assert_eq!(
+        leased.lease_owner,
+        Some(local_id),
+        "created leased to the local worker"
+    );
+    assert_eq!(leased.lease_epoch, 1);
+    // The only slot is busy: the next one is created unleased and claimed later.
+    let second = start_call(&engine, 2, 0).await;
+    assert_eq!(snapshot(&store, second).await.lease_owner, None);
+
+    for (id, value) in [(first, 1), (second, 2)] {
+        let done = wait_for_status(&store, id, Status::Completed).await;
+        assert_eq!(done.output, Some(json!(value)));
+        let journal = Journal::load(&db, id).await;
+        journal.assert_consistent();
+        assert!(
+            journal
+                .attempts
+                .iter()
+                .all(|a| a.worker_id == Some(local_id.0))
+        );
+    }
+    local.shutdown().await?;
+    db.finish(true).await;
+    Ok(())
+}

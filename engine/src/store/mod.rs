@@ -245,6 +245,18 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Creates a workflow, or returns the existing one with the same (type, key).
     async fn create_workflow(&self, new: NewWorkflow) -> Result<Created, StoreError>;
+    /// Creates a workflow already leased to `worker` (a worker in the creating process with a
+    /// free slot), in the same single write and without a wake-up hint: the claim and the
+    /// notification hop are saved. Returns the lease as a claim when the row was created;
+    /// a backend may decline (the default) and create it unleased, for any worker to claim.
+    async fn create_workflow_leased(
+        &self,
+        new: NewWorkflow,
+        _worker: WorkerId,
+        _lease_ttl: Duration,
+    ) -> Result<(Created, Option<Claimed>), StoreError> {
+        Ok((self.create_workflow(new).await?, None))
+    }
     async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, StoreError>;
     async fn list_workflows(&self, filter: &ListFilter) -> Result<Vec<WorkflowRecord>, StoreError>;
     /// Events with seq greater than `after_seq`, oldest first, at most `limit`.

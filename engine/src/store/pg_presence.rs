@@ -20,8 +20,8 @@
 use super::{Presence, StoreError};
 use crate::WorkerId;
 use async_trait::async_trait;
-use sqlx::{ConnectOptions, Connection};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
 use std::collections::VecDeque;
 use std::time::Duration;
 

@@ -49,6 +49,95 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// One statement (its own transaction, one round trip): the row, its first events and,
+    /// unless it is created leased to a local worker, the wake-up hint; events, hint and lease
+    /// only if the row was inserted.
+    async fn insert_workflow(
+        &self,
+        new: NewWorkflow,
+        lease: Option<(WorkerId, Duration)>,
+    ) -> Result<(Created, Option<Claimed>), StoreError> {
+        let seqs: Vec<i64> = (1..=new.events.len() as i64).collect();
+        let kinds: Vec<&str> = new.events.iter().map(EventKind::name).collect();
+        let payloads = new
+            .events
+            .iter()
+            .map(to_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        let row = sqlx::query(
+            "with created as (
+                insert into kodomasu.workflows
+                  (id, workflow_type, key, status, input, state, pending, output, error, version, next_call_seq,
+                   run_at, finished_at, lease_owner, lease_epoch, lease_expires_at)
+                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                        case when $13 then now() end,
+                        $18, case when $18::uuid is null then 0 else 1 end,
+                        case when $18::uuid is not null then now() + make_interval(secs => $19) end)
+                on conflict (workflow_type, key) do nothing
+                returning *
+             ),
+             first_events as (
+                insert into kodomasu.events (workflow_id, seq, kind, payload)
+                select created.id, e.s, e.k, e.p
+                from created, unnest($14::bigint[], $15::text[], $16::jsonb[]) as e(s, k, p)
+             ),
+             woken as (
+                select pg_notify($17, '') from created
+                where $12::timestamptz is not null and $18::uuid is null
+             )
+             select created.*, now() as db_now from created where (select count(*) from woken) >= 0",
+        )
+        .bind(new.id)
+        .bind(&new.workflow_type)
+        .bind(&new.key)
+        .bind(new.status.as_str())
+        .bind(&new.input)
+        .bind(&new.state)
+        .bind(to_json(&new.pending)?)
+        .bind(&new.output)
+        .bind(new.error.as_ref().map(to_json).transpose()?)
+        .bind(new.events.len() as i64)
+        .bind(new.next_call_seq)
+        .bind(new.run_at)
+        .bind(new.status.is_terminal())
+        .bind(&seqs)
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(WAKE_CHANNEL)
+        .bind(lease.map(|(worker, _)| worker))
+        .bind(lease.map_or(0.0, |(_, ttl)| ttl.as_secs_f64()))
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            let created = Created {
+                id: row.try_get("id")?,
+                created: true,
+            };
+            let claimed = match lease {
+                None => None,
+                Some(_) => Some(Claimed {
+                    record: record(&row)?,
+                    next_call_seq: row.try_get("next_call_seq")?,
+                    signal_seq: row.try_get("signal_seq")?,
+                    signal_seen: row.try_get("signal_seen")?,
+                    recovered_from: None,
+                    db_now: row.try_get("db_now")?,
+                }),
+            };
+            return Ok((created, claimed));
+        }
+        // (type, key) taken: the existing workflow, read in a new snapshot so a concurrent
+        // creator's row (which made the insert a no-op) is visible.
+        let id: WorkflowId = sqlx::query_scalar(
+            "select id from kodomasu.workflows where workflow_type = $1 and key = $2",
+        )
+        .bind(&new.workflow_type)
+        .bind(&new.key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((Created { id, created: false }, None))
+    }
 }
 
 fn json<T: DeserializeOwned>(row: &PgRow, col: &str) -> Result<T, StoreError> {
@@ -119,67 +208,16 @@ impl Store for PgStore {
     }
 
     async fn create_workflow(&self, new: NewWorkflow) -> Result<Created, StoreError> {
-        let seqs: Vec<i64> = (1..=new.events.len() as i64).collect();
-        let kinds: Vec<&str> = new.events.iter().map(EventKind::name).collect();
-        let payloads = new
-            .events
-            .iter()
-            .map(to_json)
-            .collect::<Result<Vec<_>, _>>()?;
-        // One statement (its own transaction, one round trip): the row, its first events and
-        // the wake-up hint, the last two only if the row was inserted.
-        let inserted: Option<WorkflowId> = sqlx::query_scalar(
-            "with created as (
-                insert into kodomasu.workflows
-                  (id, workflow_type, key, status, input, state, pending, output, error, version, next_call_seq,
-                   run_at, finished_at)
-                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                        case when $13 then now() end)
-                on conflict (workflow_type, key) do nothing
-                returning id
-             ),
-             first_events as (
-                insert into kodomasu.events (workflow_id, seq, kind, payload)
-                select created.id, e.s, e.k, e.p
-                from created, unnest($14::bigint[], $15::text[], $16::jsonb[]) as e(s, k, p)
-             ),
-             woken as (
-                select pg_notify($17, '') from created where $12::timestamptz is not null
-             )
-             select id from created where (select count(*) from woken) >= 0",
-        )
-        .bind(new.id)
-        .bind(&new.workflow_type)
-        .bind(&new.key)
-        .bind(new.status.as_str())
-        .bind(&new.input)
-        .bind(&new.state)
-        .bind(to_json(&new.pending)?)
-        .bind(&new.output)
-        .bind(new.error.as_ref().map(to_json).transpose()?)
-        .bind(new.events.len() as i64)
-        .bind(new.next_call_seq)
-        .bind(new.run_at)
-        .bind(new.status.is_terminal())
-        .bind(&seqs)
-        .bind(&kinds)
-        .bind(&payloads)
-        .bind(WAKE_CHANNEL)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(id) = inserted {
-            return Ok(Created { id, created: true });
-        }
-        // (type, key) taken: the existing workflow, read in a new snapshot so a concurrent
-        // creator's row (which made the insert a no-op) is visible.
-        let id: WorkflowId = sqlx::query_scalar(
-            "select id from kodomasu.workflows where workflow_type = $1 and key = $2",
-        )
-        .bind(&new.workflow_type)
-        .bind(&new.key)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Created { id, created: false })
+        Ok(self.insert_workflow(new, None).await?.0)
+    }
+
+    async fn create_workflow_leased(
+        &self,
+        new: NewWorkflow,
+        worker: WorkerId,
+        lease_ttl: Duration,
+    ) -> Result<(Created, Option<Claimed>), StoreError> {
+        self.insert_workflow(new, Some((worker, lease_ttl))).await
     }
 
     async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, StoreError> {
