@@ -293,15 +293,21 @@ impl Worker {
         let s = &self.shared;
         // Presence first: no registry row may exist without its lock (see `Store::presence`).
         let presence = s.store.presence(s.id).await?;
-        s.store
+        // Accepting local hand-overs from the moment the registry shows this worker.
+        s.accepting.store(true, Ordering::Release);
+        if let Err(e) = s
+            .store
             .register_worker(&self.info(presence.as_deref()))
-            .await?;
+            .await
+        {
+            s.accepting.store(false, Ordering::Release);
+            return Err(e.into());
+        }
         // Drives run in their own tasks; if this future is dropped mid-way, they must die too.
         let crash_guard = s.crashed.clone().drop_guard();
         info!(worker.id = %s.id, slots = s.config.slots, lease_ttl = ?s.config.lease_ttl, "worker started");
 
         let tracker = s.drives.clone();
-        s.accepting.store(true, Ordering::Release);
         let mut loops = JoinSet::new();
         let renew_stop = CancellationToken::new();
         loops.spawn(self.clone().renew_loop(renew_stop.clone()));

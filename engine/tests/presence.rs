@@ -198,7 +198,13 @@ async fn local_start_hands_the_workflow_to_a_local_worker(
     let probe = Probe::new();
     let registry = registry(&probe);
     let engine = Engine::new(store.clone(), registry.clone());
-    let local = Worker::new(store.clone(), registry.clone(), long_lease(1));
+    // A long poll: the claim loop holds the slot only while a claim query runs, and after its
+    // start-up claims it runs none until a notification.
+    let config = WorkerConfig {
+        poll_interval: Duration::from_secs(60),
+        ..long_lease(1)
+    };
+    let local = Worker::new(store.clone(), registry.clone(), config);
     let local_id = local.id();
     engine.dispatch_to(&local);
     let local = local.spawn();
@@ -210,6 +216,8 @@ async fn local_start_hands_the_workflow_to_a_local_worker(
         }
     })
     .await;
+    // Let the start-up claims (at start and when the listener connects) finish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let first = start_call(&engine, 1, 500).await;
     let leased = snapshot(&store, first).await;
