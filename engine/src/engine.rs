@@ -113,6 +113,7 @@ impl Engine {
             Pending::Timer { due_at } => Some(*due_at),
             Pending::Signal | Pending::Nothing => None,
         };
+        let events = draft.events.clone();
         let created = self
             .store
             .create_workflow(NewWorkflow {
@@ -130,6 +131,9 @@ impl Engine {
                 events: draft.events,
             })
             .await?;
+        if created.created {
+            crate::metrics::started(workflow_type, &events);
+        }
         Ok(Started {
             id: created.id,
             created: created.created,
