@@ -726,7 +726,8 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "update kodomasu.access_tokens set revoked_at = now()
-             where name = $1 and revoked_at is null and token_hash <> $2",
+             where name = $1 and revoked_at is null
+               and not exists (select 1 from kodomasu.access_tokens t where t.token_hash = $2)",
         )
         .bind(name)
         .bind(token_hash)

@@ -963,7 +963,8 @@ impl Store for SqliteStore {
         let now = ts(w.now);
         sqlx::query(
             "update access_tokens set revoked_at = ?3
-             where name = ?1 and revoked_at is null and token_hash <> ?2",
+             where name = ?1 and revoked_at is null
+               and not exists (select 1 from access_tokens t where t.token_hash = ?2)",
         )
         .bind(name)
         .bind(token_hash)
