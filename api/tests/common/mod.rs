@@ -2,6 +2,8 @@
 //! PostgreSQL database (one fresh database per test, from `#[sqlx::test]`), with an optional
 //! in-process worker.
 
+#![allow(dead_code)]
+
 use engine::{Engine, PgStore, Store, Worker, WorkerConfig, WorkerHandle, WorkerId};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -121,9 +123,11 @@ impl TestApp {
     pub async fn spawn_with(pool: PgPool, access: api::access::AccessConfig) -> Self {
         let store: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone()));
         store.migrate().await.expect("migrations apply");
-        let (token, _) = api::access::create_token(store.as_ref(), "test")
+        // `ensure_token`: a second app on the same database replaces the first one's token.
+        let token = api::access::generate_token().expect("a random token");
+        api::access::ensure_token(store.as_ref(), "test", &token)
             .await
-            .expect("create the test token");
+            .expect("store the test token");
         let engine = Arc::new(Engine::new(store.clone(), workflows::registry(None)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
