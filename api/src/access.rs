@@ -14,12 +14,12 @@
 //! No token ever reaches a log line: requests are traced by method and matched route only.
 
 use crate::{ApiError, AppState};
+use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
 use base64::Engine as _;
 use engine::{AccessToken, Store, StoreError};
 use serde::Deserialize;
@@ -288,7 +288,11 @@ fn database_unavailable(e: &StoreError) -> Response {
 }
 
 /// Middleware: requests to [`needs_token`] paths must present a valid token.
-pub async fn require_token(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(access): State<Arc<Access>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if !needs_token(req.uri().path()) {
         return next.run(req).await;
     }
@@ -345,7 +349,10 @@ impl RateLimiter {
             state.last_sweep = now;
         }
         let log = state.clients.entry(client).or_default();
-        while log.front().is_some_and(|t| now.duration_since(*t) >= window) {
+        while log
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
             log.pop_front();
         }
         if log.len() >= self.limit as usize {
@@ -556,9 +563,15 @@ mod tests {
     fn tokens_come_from_the_bearer_header_or_the_cookie() {
         let mut h = HeaderMap::new();
         assert_eq!(presented_token(&h), None);
-        h.insert(header::COOKIE, HeaderValue::from_static("a=b; kodomasu_session=kdm_c"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; kodomasu_session=kdm_c"),
+        );
         assert_eq!(presented_token(&h).as_deref(), Some("kdm_c"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer kdm_h"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer kdm_h"),
+        );
         assert_eq!(presented_token(&h).as_deref(), Some("kdm_h"));
     }
 

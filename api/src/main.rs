@@ -165,9 +165,10 @@ async fn bootstrap_token(store: &dyn Store, server: &ServerArgs) -> anyhow::Resu
     if token.expose().len() < 16 {
         tracing::warn!("the bootstrap token is shorter than 16 characters: easy to guess");
     }
-    let record = api::access::ensure_token(store, api::access::BOOTSTRAP_TOKEN_NAME, token.expose())
-        .await
-        .context("storing the bootstrap token")?;
+    let record =
+        api::access::ensure_token(store, api::access::BOOTSTRAP_TOKEN_NAME, token.expose())
+            .await
+            .context("storing the bootstrap token")?;
     if record.revoked_at.is_some() {
         tracing::warn!(token.id = %record.id, token.name = %record.name,
             "the bootstrap token was revoked and stays revoked; unset KODOMASU_BOOTSTRAP_TOKEN or choose a new value");
@@ -202,8 +203,16 @@ async fn run_token(command: TokenCommand) -> anyhow::Result<()> {
                 eprintln!("no tokens; create one with `kodomasu token create --name NAME`");
                 return Ok(());
             }
-            let width = tokens.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
-            println!("{:<36}  {:<width$}  {:<20}  REVOKED", "ID", "NAME", "CREATED");
+            let width = tokens
+                .iter()
+                .map(|t| t.name.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            println!(
+                "{:<36}  {:<width$}  {:<20}  REVOKED",
+                "ID", "NAME", "CREATED"
+            );
             for t in &tokens {
                 let revoked = t.revoked_at.map_or_else(
                     || "-".to_owned(),
@@ -501,7 +510,9 @@ async fn run_dev(
                 "                      (paste it on the dashboard's login page, or: curl -H 'authorization: Bearer {token}' http://{addr}/api/v1/workflows)"
             );
         }
-        None => println!("  admin token:        the value of --bootstrap-token / KODOMASU_BOOTSTRAP_TOKEN"),
+        None => println!(
+            "  admin token:        the value of --bootstrap-token / KODOMASU_BOOTSTRAP_TOKEN"
+        ),
     }
     for line in &sims {
         println!("  {line}");

@@ -8,12 +8,12 @@
 //! `--metrics-listen` when given.
 
 use crate::AppState;
+use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use engine::Store;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -128,7 +128,10 @@ fn describe() {
         metrics::Unit::Seconds,
         "How long the oldest due, unclaimed workflow has been waiting."
     );
-    describe_gauge!(LIVE_WORKERS, "Workers whose heartbeat is younger than their lease TTL.");
+    describe_gauge!(
+        LIVE_WORKERS,
+        "Workers whose heartbeat is younger than their lease TTL."
+    );
     describe_gauge!(DATABASE_UP, "1 when the scrape-time store query succeeded.");
 }
 
@@ -162,7 +165,10 @@ async fn scrape(State(state): State<AppState>) -> Response {
 fn exposition(text: String) -> Response {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()

@@ -213,7 +213,10 @@ impl std::str::FromStr for Secret {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        if s.is_empty() || s.chars().any(|c| !c.is_ascii_graphic() || c == ';' || c == ',') {
+        if s.is_empty()
+            || s.chars()
+                .any(|c| !c.is_ascii_graphic() || c == ';' || c == ',')
+        {
             return Err("must be non-empty printable ASCII without spaces, `;` or `,`".into());
         }
         Ok(Self(s.to_owned()))
@@ -308,7 +311,11 @@ pub struct ServerArgs {
     pub trust_forwarded_for: bool,
     /// Origin allowed to call the API from a browser (repeatable; `*` = any). CORS is off
     /// when none is given.
-    #[arg(long = "cors-origin", env = "KODOMASU_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "KODOMASU_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 }
 

@@ -135,10 +135,7 @@ mod otel {
             .with_resource(Resource::builder().with_service_name("kodomasu").build())
             .build();
         let tracer = provider.tracer("kodomasu");
-        Ok((
-            tracing_opentelemetry::layer().with_tracer(tracer),
-            provider,
-        ))
+        Ok((tracing_opentelemetry::layer().with_tracer(tracer), provider))
     }
 
     #[cfg(test)]
@@ -153,7 +150,10 @@ mod otel {
                 super::traces_url("http://c:4318/"),
                 "http://c:4318/v1/traces"
             );
-            assert_eq!(super::traces_url("http://c/x/v1/traces"), "http://c/x/v1/traces");
+            assert_eq!(
+                super::traces_url("http://c/x/v1/traces"),
+                "http://c/x/v1/traces"
+            );
         }
     }
 }

@@ -74,20 +74,41 @@ async fn admin_calls_need_a_valid_token(pool: PgPool) {
     assert_eq!(app.written().await, before);
 
     // Unknown tokens and other schemes.
-    expect_unauthorized(get_with(&app, WORKFLOWS, ("authorization", "Bearer kdm_nope".into())).await);
     expect_unauthorized(
-        get_with(&app, WORKFLOWS, ("authorization", format!("Basic {}", app.token))).await,
+        get_with(&app, WORKFLOWS, ("authorization", "Bearer kdm_nope".into())).await,
     );
-    expect_unauthorized(get_with(&app, WORKFLOWS, ("cookie", "kodomasu_session=kdm_nope".into())).await);
+    expect_unauthorized(
+        get_with(
+            &app,
+            WORKFLOWS,
+            ("authorization", format!("Basic {}", app.token)),
+        )
+        .await,
+    );
+    expect_unauthorized(
+        get_with(
+            &app,
+            WORKFLOWS,
+            ("cookie", "kodomasu_session=kdm_nope".into()),
+        )
+        .await,
+    );
 
     // A valid token in the header or in the session cookie.
-    get_with(&app, WORKFLOWS, ("authorization", format!("Bearer {}", app.token)))
-        .await
-        .expect(StatusCode::OK);
     get_with(
         &app,
         WORKFLOWS,
-        (COOKIE.as_str(), format!("theme=dark; kodomasu_session={}", app.token)),
+        ("authorization", format!("Bearer {}", app.token)),
+    )
+    .await
+    .expect(StatusCode::OK);
+    get_with(
+        &app,
+        WORKFLOWS,
+        (
+            COOKIE.as_str(),
+            format!("theme=dark; kodomasu_session={}", app.token),
+        ),
     )
     .await
     .expect(StatusCode::OK);
@@ -119,7 +140,9 @@ async fn a_revoked_token_stops_working(pool: PgPool) {
         .await
         .expect("create a token");
     let bearer = || ("authorization", format!("Bearer {ops}"));
-    get_with(&app, WORKFLOWS, bearer()).await.expect(StatusCode::OK);
+    get_with(&app, WORKFLOWS, bearer())
+        .await
+        .expect(StatusCode::OK);
 
     let revoked = store
         .revoke_access_token("ops")
@@ -152,7 +175,9 @@ async fn a_revoked_token_stops_working(pool: PgPool) {
         .await
         .expect("revoke")
         .expect("found");
-    expect_unauthorized(get_with(&app, WORKFLOWS, ("authorization", format!("Bearer {late}"))).await);
+    expect_unauthorized(
+        get_with(&app, WORKFLOWS, ("authorization", format!("Bearer {late}"))).await,
+    );
     app.get(WORKFLOWS).await.expect(StatusCode::OK);
     app.stop().await;
 }
@@ -273,7 +298,10 @@ async fn forwarded_for_is_the_client_only_when_trusted(pool: PgPool) {
     let app = TestApp::spawn_with(pool.clone(), limited(true)).await;
     assert_eq!(from(&app, "198.51.100.1").await, StatusCode::OK);
     assert_eq!(from(&app, "198.51.100.1").await, StatusCode::OK);
-    assert_eq!(from(&app, "198.51.100.1").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        from(&app, "198.51.100.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     assert_eq!(from(&app, "198.51.100.2").await, StatusCode::OK);
     app.stop().await;
 
@@ -281,7 +309,10 @@ async fn forwarded_for_is_the_client_only_when_trusted(pool: PgPool) {
     let app = TestApp::spawn_with(pool, limited(false)).await;
     assert_eq!(from(&app, "198.51.100.1").await, StatusCode::OK);
     assert_eq!(from(&app, "198.51.100.2").await, StatusCode::OK);
-    assert_eq!(from(&app, "198.51.100.3").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        from(&app, "198.51.100.3").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     app.stop().await;
 }
 
@@ -292,7 +323,12 @@ async fn oversized_bodies_are_413_in_the_error_shape(pool: PgPool) {
     let big = json!({"identifier_from_purchaser": "aabbaabb11221122", "input_data": {"x": "y".repeat(api::MAX_BODY_BYTES)}})
         .to_string();
     // MIP-003 reads raw bytes; the admin API and the login read JSON.
-    for path in ["/some-flow/start_job", "/some-flow/provide_input", "/api/v1/session", WORKFLOWS] {
+    for path in [
+        "/some-flow/start_job",
+        "/some-flow/provide_input",
+        "/api/v1/session",
+        WORKFLOWS,
+    ] {
         let resp = app
             .client
             .post(app.url(path))
@@ -302,7 +338,12 @@ async fn oversized_bodies_are_413_in_the_error_shape(pool: PgPool) {
             .await
             .expect("POST is sent");
         let reply = TestApp::read(resp).await;
-        assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{path}: {}", reply.body);
+        assert_eq!(
+            reply.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{path}: {}",
+            reply.body
+        );
         reply.expect_error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
     }
     assert_eq!(app.written().await, before);
@@ -338,7 +379,10 @@ async fn cors_answers_only_the_configured_origins(pool: PgPool) {
         .request(reqwest::Method::OPTIONS, app.url(WORKFLOWS))
         .header("origin", "https://ops.example")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization, content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
         .send()
         .await
         .expect("OPTIONS is sent");
@@ -355,7 +399,10 @@ async fn cors_answers_only_the_configured_origins(pool: PgPool) {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    assert!(allowed_headers.contains("authorization"), "{allowed_headers}");
+    assert!(
+        allowed_headers.contains("authorization"),
+        "{allowed_headers}"
+    );
     let resp = app
         .client
         .get(app.url(WORKFLOWS))
@@ -398,7 +445,9 @@ async fn metrics_parse_as_prometheus_text_and_move_when_workflows_run(pool: PgPo
     let mut app = TestApp::spawn(pool).await;
     // A workflow whose lease a vanished worker held: the real worker recovers it.
     let recovered = app
-        .start_workflow(&json!({"type": "demo.chain", "input": {"steps": 1, "sleep_ms": 0, "fail_prob": 0}}))
+        .start_workflow(
+            &json!({"type": "demo.chain", "input": {"steps": 1, "sleep_ms": 0, "fail_prob": 0}}),
+        )
         .await;
     let ghost = app
         .store
@@ -417,13 +466,17 @@ async fn metrics_parse_as_prometheus_text_and_move_when_workflows_run(pool: PgPo
     let before = scrape(&app).await;
     app.start_worker();
     let chain = json!({"type": "demo.chain", "input": {"steps": 2, "sleep_ms": 0, "fail_prob": 0}});
-    let ids = [app.start_workflow(&chain).await, app.start_workflow(&chain).await];
+    let ids = [
+        app.start_workflow(&chain).await,
+        app.start_workflow(&chain).await,
+    ];
     for id in ids.iter().chain([&recovered]) {
         app.wait_for_status(id, "completed").await;
     }
     let after = scrape(&app).await;
 
-    let delta = |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
     let demo = [("workflow_type", "demo.chain")];
     assert!(delta("kodomasu_workflows_started_total", &demo) >= 2.0);
     assert!(
@@ -436,7 +489,12 @@ async fn metrics_parse_as_prometheus_text_and_move_when_workflows_run(pool: PgPo
     let step_ok = [("activity", "demo.step"), ("outcome", "completed")];
     assert!(delta("kodomasu_activity_attempts_total", &step_ok) >= 5.0);
     assert!(delta("kodomasu_activity_duration_seconds_count", &step_ok) >= 5.0);
-    assert!(after.sum("kodomasu_activity_duration_seconds_bucket", &[("le", "+Inf")]) >= 5.0);
+    assert!(
+        after.sum(
+            "kodomasu_activity_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ) >= 5.0
+    );
     assert!(delta("kodomasu_lease_recoveries_total", &demo) >= 1.0);
     assert!(
         delta(
@@ -447,7 +505,11 @@ async fn metrics_parse_as_prometheus_text_and_move_when_workflows_run(pool: PgPo
     assert!(
         delta(
             "kodomasu_http_requests_total",
-            &[("method", "POST"), ("route", "/api/v1/workflows"), ("status", "201")]
+            &[
+                ("method", "POST"),
+                ("route", "/api/v1/workflows"),
+                ("status", "201")
+            ]
         ) >= 2.0
     );
     assert!(
@@ -466,7 +528,10 @@ async fn metrics_parse_as_prometheus_text_and_move_when_workflows_run(pool: PgPo
         assert_eq!(after.types.get(gauge).map(String::as_str), Some("gauge"));
     }
     assert_eq!(
-        after.types.get("kodomasu_activity_duration_seconds").map(String::as_str),
+        after
+            .types
+            .get("kodomasu_activity_duration_seconds")
+            .map(String::as_str),
         Some("histogram")
     );
     assert!(after.sum("kodomasu_workers_live", &[]) >= 1.0);
@@ -495,7 +560,9 @@ async fn ready_is_503_until_every_migration_is_applied(pool: PgPool) {
     };
 
     get("/health/live").await.expect(StatusCode::OK);
-    let not_ready = get("/health/ready").await.expect(StatusCode::SERVICE_UNAVAILABLE);
+    let not_ready = get("/health/ready")
+        .await
+        .expect(StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(not_ready["database"], "ok");
     assert_eq!(not_ready["migrations"], "pending");
     assert!(

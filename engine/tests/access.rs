@@ -56,7 +56,12 @@ async fn access_tokens_are_found_by_hash_and_revoked_by_id_or_name(
         .await?
         .expect("found by id");
     assert_eq!(again.revoked_at, Some(revoked_at));
-    assert_eq!(store.revoke_access_token(&Uuid::now_v7().to_string()).await?, None);
+    assert_eq!(
+        store
+            .revoke_access_token(&Uuid::now_v7().to_string())
+            .await?,
+        None
+    );
 
     // The name is free again.
     let ci2 = store
@@ -88,7 +93,10 @@ async fn replacing_a_named_token_revokes_the_previous_one(db: Backend) -> anyhow
     assert_ne!(second.id, first.id);
     assert!(second.revoked_at.is_none());
     let first_now = store.find_access_token("hash-1").await?.expect("kept");
-    assert!(first_now.revoked_at.is_some(), "the previous token is revoked");
+    assert!(
+        first_now.revoked_at.is_some(),
+        "the previous token is revoked"
+    );
     // A revoked hash is returned as it is and revokes nothing.
     let old = store
         .replace_access_token(Uuid::now_v7(), "bootstrap", "hash-1")
@@ -135,7 +143,12 @@ async fn gauges_count_due_unclaimed_workflows_and_live_workers(db: Backend) -> a
         })
         .await?;
     let claimed = store
-        .claim(worker, &["test.chain".to_owned()], 2, Duration::from_secs(30))
+        .claim(
+            worker,
+            &["test.chain".to_owned()],
+            2,
+            Duration::from_secs(30),
+        )
         .await?;
     assert_eq!(claimed.len(), 2);
     let g = store.gauges().await?;

@@ -56,7 +56,10 @@ fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> anyhow::Result<Chil
         }
     }
     let child = command
-        .env("RUST_LOG", "debug,sqlx=debug,tower_http=debug,hyper=info,h2=info")
+        .env(
+            "RUST_LOG",
+            "debug,sqlx=debug,tower_http=debug,hyper=info,h2=info",
+        )
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -65,7 +68,11 @@ fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> anyhow::Result<Chil
     Ok(child)
 }
 
-async fn status_with(http: &reqwest::Client, url: &str, token: Option<&str>) -> reqwest::StatusCode {
+async fn status_with(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> reqwest::StatusCode {
     let mut req = http.get(url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -97,7 +104,10 @@ async fn token_create_list_revoke_against_a_running_server() -> anyhow::Result<(
     let lines: Vec<&str> = stdout.lines().collect();
     ensure!(lines.len() == 1, "stdout is not one line: {stdout:?}");
     let ci = lines[0].to_owned();
-    ensure!(ci.starts_with("kdm_") && ci.len() == 47, "token shape: {ci}");
+    ensure!(
+        ci.starts_with("kdm_") && ci.len() == 47,
+        "token shape: {ci}"
+    );
     ensure!(stderr.contains("created token `ci`"), "stderr: {stderr}");
     ensure!(!stderr.contains(&ci), "the token is printed on stderr too");
 
@@ -107,7 +117,10 @@ async fn token_create_list_revoke_against_a_running_server() -> anyhow::Result<(
 
     // A second valid token with the same name is refused.
     let (ok, _, stderr) = kodomasu(&["token", "create", "--name", "ci"], &db.url).await?;
-    ensure!(!ok && stderr.contains("exists"), "duplicate name accepted: {stderr}");
+    ensure!(
+        !ok && stderr.contains("exists"),
+        "duplicate name accepted: {stderr}"
+    );
     let (ok, _, stderr) = kodomasu(&["token", "create", "--name", "has space"], &db.url).await?;
     ensure!(!ok && stderr.contains("invalid token name"), "{stderr}");
 
@@ -120,17 +133,29 @@ async fn token_create_list_revoke_against_a_running_server() -> anyhow::Result<(
     ensure!(names == ["bootstrap", "ci"], "names {names:?}");
     ensure!(tokens.iter().all(|t| t["valid"] == json!(true)), "{listed}");
     let (ok, table, _) = kodomasu(&["token", "list"], &db.url).await?;
-    ensure!(ok && table.contains("ci") && table.contains("bootstrap"), "{table}");
+    ensure!(
+        ok && table.contains("ci") && table.contains("bootstrap"),
+        "{table}"
+    );
     for text in [&stdout, &table] {
-        ensure!(!text.contains(&ci) && !text.contains(ADMIN_TOKEN), "a token value is listed");
+        ensure!(
+            !text.contains(&ci) && !text.contains(ADMIN_TOKEN),
+            "a token value is listed"
+        );
     }
 
     // revoke by name: refused by the running server within seconds; others keep working.
     let (ok, stdout, stderr) = kodomasu(&["token", "revoke", "ci"], &db.url).await?;
-    ensure!(ok && stdout.contains("revoked token `ci`"), "{stdout} {stderr}");
+    ensure!(
+        ok && stdout.contains("revoked token `ci`"),
+        "{stdout} {stderr}"
+    );
     let start = Instant::now();
     while status_with(&http, &workflows, Some(&ci)).await != 401 {
-        ensure!(start.elapsed() < WAIT, "revoked token still accepted after {WAIT:?}");
+        ensure!(
+            start.elapsed() < WAIT,
+            "revoked token still accepted after {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("revoked token refused after {:?}", start.elapsed());
@@ -150,7 +175,10 @@ async fn token_create_list_revoke_against_a_running_server() -> anyhow::Result<(
         .as_array()
         .and_then(|t| t.iter().find(|t| t["name"] == json!("ci")))
         .context("ci listed")?;
-    ensure!(ci_row["valid"] == json!(false) && ci_row["revoked_at"].is_string(), "{ci_row}");
+    ensure!(
+        ci_row["valid"] == json!(false) && ci_row["revoked_at"].is_string(),
+        "{ci_row}"
+    );
 
     // No token in any log line, even at debug level.
     server.start_kill()?;
@@ -159,7 +187,10 @@ async fn token_create_list_revoke_against_a_running_server() -> anyhow::Result<(
     ensure!(!log.is_empty(), "the server logged nothing");
     for secret in [ci.as_str(), ADMIN_TOKEN] {
         if log.contains(secret) {
-            bail!("a token appears in the server log {}", logs.join("server.log").display());
+            bail!(
+                "a token appears in the server log {}",
+                logs.join("server.log").display()
+            );
         }
     }
     db.drop_database().await
@@ -177,7 +208,10 @@ fn dev_token(stdout: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_prints_a_token_to_log_in_with() -> anyhow::Result<()> {
     let logs = log_dir("access/dev");
-    let data = std::env::temp_dir().join(format!("kodomasu-access-dev-{}", uuid::Uuid::new_v4().simple()));
+    let data = std::env::temp_dir().join(format!(
+        "kodomasu-access-dev-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     let data_dir = data.display().to_string();
     let listen = format!("127.0.0.1:{}", free_port()?);
     let base = format!("http://{listen}");
@@ -193,13 +227,19 @@ async fn dev_prints_a_token_to_log_in_with() -> anyhow::Result<()> {
     let token = loop {
         let text = std::fs::read_to_string(&stdout_path).unwrap_or_default();
         if let Some(t) = dev_token(&text) {
-            ensure!(text.contains(&format!("{base}/dashboard")), "no dashboard URL:\n{text}");
+            ensure!(
+                text.contains(&format!("{base}/dashboard")),
+                "no dashboard URL:\n{text}"
+            );
             break t;
         }
         if let Some(status) = dev.try_wait()? {
             bail!("kodomasu dev exited ({status}):\n{text}");
         }
-        ensure!(start.elapsed() < Duration::from_secs(60), "no token printed:\n{text}");
+        ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "no token printed:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let http = reqwest::Client::builder().timeout(WAIT).build()?;
@@ -213,13 +253,22 @@ async fn dev_prints_a_token_to_log_in_with() -> anyhow::Result<()> {
     dev.start_kill()?;
     dev.wait().await?;
     let log_text = std::fs::read_to_string(&log)?;
-    ensure!(!log_text.contains(&token), "the dev token appears in the log");
+    ensure!(
+        !log_text.contains(&token),
+        "the dev token appears in the log"
+    );
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }
 
 async fn metrics_of(http: &reqwest::Client, url: &str) -> anyhow::Result<prometheus::Exposition> {
-    let text = http.get(url).send().await?.error_for_status()?.text().await?;
+    let text = http
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
     prometheus::parse(&text).map_err(|e| anyhow::anyhow!("{e}\n{text}"))
 }
 
@@ -254,7 +303,13 @@ async fn a_worker_serves_metrics_and_the_server_limits_mip003() -> anyhow::Resul
     let http = http_client(WAIT);
     wait_ok(&http, &format!("{base}/health/ready"), &mut server, WAIT).await?;
     let worker_metrics = format!("http://{metrics_listen}/metrics");
-    wait_ok(&http, &format!("http://{metrics_listen}/health/live"), &mut worker, WAIT).await?;
+    wait_ok(
+        &http,
+        &format!("http://{metrics_listen}/health/live"),
+        &mut worker,
+        WAIT,
+    )
+    .await?;
 
     let before = metrics_of(&http, &worker_metrics).await?;
     let resp = http
@@ -285,18 +340,30 @@ async fn a_worker_serves_metrics_and_the_server_limits_mip003() -> anyhow::Resul
     let step_ok = [("activity", "demo.step"), ("outcome", "completed")];
     let attempts = after.sum("kodomasu_activity_attempts_total", &step_ok)
         - before.sum("kodomasu_activity_attempts_total", &step_ok);
-    ensure!(attempts == 3.0, "worker counted {attempts} completed attempts");
+    ensure!(
+        attempts == 3.0,
+        "worker counted {attempts} completed attempts"
+    );
     let finished = [("workflow_type", "demo.chain"), ("status", "completed")];
     ensure!(after.sum("kodomasu_workflows_finished_total", &finished) == 1.0);
     ensure!(after.sum("kodomasu_workers_live", &[]) >= 1.0);
     // The server counted the start (the worker never sees HTTP).
     let server_metrics = metrics_of(&http, &format!("{base}/metrics")).await?;
-    ensure!(server_metrics.sum("kodomasu_workflows_started_total", &[("workflow_type", "demo.chain")]) == 1.0);
+    ensure!(
+        server_metrics.sum(
+            "kodomasu_workflows_started_total",
+            &[("workflow_type", "demo.chain")]
+        ) == 1.0
+    );
 
     // The 61st MIP-003 request within a minute is refused; the admin API is not limited.
     let anonymous = reqwest::Client::builder().timeout(WAIT).build()?;
     for i in 1..=60 {
-        let status = anonymous.get(format!("{base}/availability")).send().await?.status();
+        let status = anonymous
+            .get(format!("{base}/availability"))
+            .send()
+            .await?
+            .status();
         ensure!(status == 200, "request {i}: {status}");
     }
     let refused = anonymous.get(format!("{base}/availability")).send().await?;
@@ -310,6 +377,12 @@ async fn a_worker_serves_metrics_and_the_server_limits_mip003() -> anyhow::Resul
     ensure!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
     let body: Value = refused.json().await?;
     ensure!(body["code"] == json!("rate_limited"), "{body}");
-    ensure!(http.get(format!("{base}/api/v1/workflows")).send().await?.status() == 200);
+    ensure!(
+        http.get(format!("{base}/api/v1/workflows"))
+            .send()
+            .await?
+            .status()
+            == 200
+    );
     db.drop_database().await
 }

@@ -143,7 +143,10 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
                     if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
                         return Err(at(format!("unknown type `{kind}`")));
                     }
-                    if out.samples.iter().any(|s| family(&s.name, &out.types) == name)
+                    if out
+                        .samples
+                        .iter()
+                        .any(|s| family(&s.name, &out.types) == name)
                         || out.types.insert(name.to_owned(), kind.to_owned()).is_some()
                     {
                         return Err(at("TYPE after samples or repeated".into()));

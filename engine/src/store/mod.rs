@@ -333,10 +333,11 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Every token, valid and revoked, oldest first.
     async fn access_tokens(&self) -> Result<Vec<AccessToken>, StoreError>;
     /// The token with this hash, valid or revoked.
-    async fn find_access_token(&self, token_hash: &str)
-    -> Result<Option<AccessToken>, StoreError>;
+    async fn find_access_token(&self, token_hash: &str) -> Result<Option<AccessToken>, StoreError>;
     /// Revokes the token with this id (a UUID) or the valid token with this name; returns it
     /// (`None`: no such token). Revoking a revoked token keeps its first `revoked_at`.
-    async fn revoke_access_token(&self, id_or_name: &str)
-    -> Result<Option<AccessToken>, StoreError>;
+    async fn revoke_access_token(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<AccessToken>, StoreError>;
 }

@@ -663,10 +663,9 @@ impl Store for PgStore {
     async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
         // sqlx keeps its table in the connection's default schema; `to_regclass` resolves the
         // name the same way and is null (not an error) when the table does not exist.
-        let exists: bool =
-            sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
-                .fetch_one(&self.pool)
-                .await?;
+        let exists: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
+            .fetch_one(&self.pool)
+            .await?;
         let applied: Vec<i64> = if exists {
             sqlx::query_scalar("select version from _sqlx_migrations where success")
                 .fetch_all(&self.pool)
@@ -758,10 +757,7 @@ impl Store for PgStore {
         rows.iter().map(access_token).collect()
     }
 
-    async fn find_access_token(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<AccessToken>, StoreError> {
+    async fn find_access_token(&self, token_hash: &str) -> Result<Option<AccessToken>, StoreError> {
         let row = sqlx::query("select * from kodomasu.access_tokens where token_hash = $1")
             .bind(token_hash)
             .fetch_optional(&self.pool)

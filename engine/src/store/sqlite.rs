@@ -908,7 +908,9 @@ impl Store for SqliteStore {
         .fetch_one(&mut *conn)
         .await?;
         let oldest_due_seconds = match oldest {
-            Some(t) => ((now - parse_ts(&t, "run_at")?).num_milliseconds() as f64 / 1000.0).max(0.0),
+            Some(t) => {
+                ((now - parse_ts(&t, "run_at")?).num_milliseconds() as f64 / 1000.0).max(0.0)
+            }
             None => 0.0,
         };
         let workers: Vec<(String, i64)> = sqlx::query_as(
@@ -996,10 +998,7 @@ impl Store for SqliteStore {
         rows.iter().map(access_token).collect()
     }
 
-    async fn find_access_token(
-        &self,
-        token_hash: &str,
-    ) -> Result<Option<AccessToken>, StoreError> {
+    async fn find_access_token(&self, token_hash: &str) -> Result<Option<AccessToken>, StoreError> {
         let row = sqlx::query("select * from access_tokens where token_hash = ?1")
             .bind(token_hash)
             .fetch_optional(&self.pool)
