@@ -864,6 +864,51 @@ impl Store for Observed {
     async fn listen(&self) -> Result<Box<dyn WakeListener>, StoreError> {
         self.inner.listen().await
     }
+
+    async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        self.inner.pending_migrations().await
+    }
+
+    async fn gauges(&self) -> Result<engine::store::StoreGauges, StoreError> {
+        bump(&self.tracker.counters.reads, 1);
+        self.inner.gauges().await
+    }
+
+    async fn create_access_token(
+        &self,
+        id: uuid::Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<Option<engine::store::AccessToken>, StoreError> {
+        self.inner.create_access_token(id, name, token_hash).await
+    }
+
+    async fn replace_access_token(
+        &self,
+        id: uuid::Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<engine::store::AccessToken, StoreError> {
+        self.inner.replace_access_token(id, name, token_hash).await
+    }
+
+    async fn access_tokens(&self) -> Result<Vec<engine::store::AccessToken>, StoreError> {
+        self.inner.access_tokens().await
+    }
+
+    async fn find_access_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<engine::store::AccessToken>, StoreError> {
+        self.inner.find_access_token(token_hash).await
+    }
+
+    async fn revoke_access_token(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<engine::store::AccessToken>, StoreError> {
+        self.inner.revoke_access_token(id_or_name).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

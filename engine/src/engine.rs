@@ -137,6 +137,7 @@ impl Engine {
             Pending::Timer { due_at } => Some(*due_at),
             Pending::Signal | Pending::Nothing => None,
         };
+        let events = draft.events.clone();
         let new = NewWorkflow {
             id,
             workflow_type: workflow_type.to_owned(),
@@ -168,6 +169,9 @@ impl Engine {
                 created
             }
         };
+        if created.created {
+            crate::metrics::started(workflow_type, &events);
+        }
         Ok(Started {
             id: created.id,
             created: created.created,

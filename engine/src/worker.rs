@@ -104,6 +104,7 @@ impl HeldTokens {
 #[derive(Debug)]
 struct Held {
     epoch: i64,
+    workflow_type: String,
     tokens: Arc<HeldTokens>,
     /// The running attempt's heartbeat and the call it belongs to.
     heartbeat: Mutex<Option<(i64, Arc<HeartbeatCell>)>>,
@@ -438,8 +439,12 @@ impl Worker {
     }
 
     fn hold(&self, c: &Claimed) -> Arc<Held> {
+        if c.recovered_from.is_some() {
+            crate::metrics::lease_recovered(&c.record.workflow_type);
+        }
         let held = Arc::new(Held {
             epoch: c.record.lease_epoch,
+            workflow_type: c.record.workflow_type.clone(),
             tokens: Arc::new(HeldTokens {
                 abandon: self.shared.abandon.child_token(),
                 cancel_requested: c.record.cancel_requested.into(),
@@ -631,7 +636,13 @@ impl Worker {
     /// Drives one claimed workflow until it waits, finishes, or the lease is lost.
     async fn drive(&self, claimed: Claimed, held: Arc<Held>) {
         let id = claimed.record.id;
-        let span = info_span!("workflow", workflow.id = %id, workflow.type = %claimed.record.workflow_type, lease.epoch = held.epoch);
+        let span = info_span!(
+            "workflow",
+            workflow.id = %id,
+            workflow.type = %claimed.record.workflow_type,
+            worker.id = %self.shared.id,
+            lease.epoch = held.epoch,
+        );
         let result = self.drive_steps(claimed, &held).instrument(span).await;
         lock(&self.shared.held).remove(&id);
         match result {
@@ -649,9 +660,9 @@ impl Worker {
         }
     }
 
-    async fn commit(&self, draft: &mut Draft, epoch: i64, lease: LeaseAfter) -> StepResult<()> {
+    async fn commit(&self, draft: &mut Draft, held: &Held, lease: LeaseAfter) -> StepResult<()> {
         let s = &self.shared;
-        let commit = draft.take_commit(s.id, epoch, lease, s.config.lease_ttl);
+        let commit = draft.take_commit(s.id, held.epoch, lease, s.config.lease_ttl);
         let store = s.store.clone();
         let attempt = || {
             let c = commit.clone();
@@ -670,6 +681,7 @@ impl Worker {
             .await;
         match result {
             Ok(done) => {
+                crate::metrics::journaled(&held.workflow_type, &commit.events, &commit.attempts);
                 draft.version = done.version;
                 draft.signal_seq = done.signal_seq;
                 s.clock.observe(done.db_now);
@@ -703,7 +715,6 @@ impl Worker {
             warn!("workflow type not registered in this worker; handing it back");
             return Err(StepStop::Release);
         };
-        let epoch = held.epoch;
         let mut draft = Draft::from_claimed(&claimed);
         let mut last_heartbeat = claimed.record.heartbeat_details.clone();
 
@@ -754,7 +765,7 @@ impl Worker {
             let now = s.clock.now();
             if draft.status.is_terminal() || draft.status == Status::Paused {
                 return self
-                    .commit(&mut draft, epoch, LeaseAfter::Release { run_at: None })
+                    .commit(&mut draft, held, LeaseAfter::Release { run_at: None })
                     .await;
             }
             let activity = match &draft.pending {
@@ -768,13 +779,13 @@ impl Worker {
                 }
                 Pending::Signal => {
                     return self
-                        .commit(&mut draft, epoch, LeaseAfter::Release { run_at: None })
+                        .commit(&mut draft, held, LeaseAfter::Release { run_at: None })
                         .await;
                 }
                 Pending::Timer { due_at } if *due_at > now => {
                     let run_at = Some(*due_at);
                     return self
-                        .commit(&mut draft, epoch, LeaseAfter::Release { run_at })
+                        .commit(&mut draft, held, LeaseAfter::Release { run_at })
                         .await;
                 }
                 Pending::Timer { .. } => {
@@ -785,7 +796,7 @@ impl Worker {
                 Pending::Activity(a) => match a.not_before {
                     Some(at) if at > now => {
                         return self
-                            .commit(&mut draft, epoch, LeaseAfter::Release { run_at: Some(at) })
+                            .commit(&mut draft, held, LeaseAfter::Release { run_at: Some(at) })
                             .await;
                     }
                     _ => a.clone(),
@@ -794,13 +805,13 @@ impl Worker {
             if s.stopping.is_cancelled() {
                 // Draining: start nothing new; another worker (or a restart) continues.
                 return self
-                    .commit(&mut draft, epoch, LeaseAfter::Release { run_at: Some(now) })
+                    .commit(&mut draft, held, LeaseAfter::Release { run_at: Some(now) })
                     .await;
             }
             let Some(body) = s.registry.get_activity(&activity.name).cloned() else {
                 warn!(activity.name = %activity.name, "activity not registered in this worker; handing it back");
                 if draft.is_dirty() {
-                    self.commit(&mut draft, epoch, LeaseAfter::Keep).await?;
+                    self.commit(&mut draft, held, LeaseAfter::Keep).await?;
                 }
                 return Err(StepStop::Release);
             };
@@ -821,7 +832,7 @@ impl Worker {
             }
             // Everything the attempt depends on must be durable before its body runs.
             if draft.is_dirty() {
-                self.commit(&mut draft, epoch, LeaseAfter::Keep).await?;
+                self.commit(&mut draft, held, LeaseAfter::Keep).await?;
                 if draft.signal_seq > draft.signal_seen {
                     continue;
                 }
@@ -840,7 +851,12 @@ impl Worker {
             *lock(&held.heartbeat) = Some((activity.call_seq, cell.clone()));
             let started_at = s.clock.now();
             let started = Instant::now();
-            let span = info_span!("activity", activity.name = %activity.name, call_seq = activity.call_seq, attempt = activity.attempt);
+            let span = info_span!(
+                "activity",
+                activity.name = %activity.name,
+                call_seq = activity.call_seq,
+                attempt = activity.attempt,
+            );
             let spec = AttemptSpec {
                 workflow_id: draft.id,
                 activity: &activity,
@@ -868,12 +884,12 @@ impl Worker {
             };
             match end {
                 AttemptEnd::Completed(output) => {
-                    debug!(activity.name = %activity.name, duration_ms, "attempt completed");
+                    debug!(activity.name = %activity.name, call_seq = activity.call_seq, attempt = activity.attempt, outcome = "completed", duration_ms, "attempt completed");
                     draft.attempts.push(row);
                     draft.attempt_completed(&s.registry, workflow.as_ref(), output, now);
                 }
                 AttemptEnd::Failed(error, outcome) => {
-                    debug!(activity.name = %activity.name, error.message = %error, "attempt failed");
+                    debug!(activity.name = %activity.name, call_seq = activity.call_seq, attempt = activity.attempt, outcome = outcome.as_str(), duration_ms, error.message = %error, "attempt failed");
                     row.outcome = outcome;
                     row.error = Some(error.clone());
                     draft.attempts.push(row);
@@ -931,7 +947,7 @@ impl Worker {
                     );
                     let run_at = (!draft.status.is_terminal()).then_some(now);
                     return self
-                        .commit(&mut draft, epoch, LeaseAfter::Release { run_at })
+                        .commit(&mut draft, held, LeaseAfter::Release { run_at })
                         .await;
                 }
             }

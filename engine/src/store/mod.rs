@@ -215,6 +215,37 @@ pub struct ListFilter {
     pub cursor: Option<WorkflowId>,
 }
 
+/// An access token of the admin API as stored: its SHA-256 only, never the token. Valid while
+/// `revoked_at` is `None`; names are unique among valid tokens.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AccessToken {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Figures read at metrics scrape time (by the database clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StoreGauges {
+    /// Workflows due now that no live lease holds (waiting for a free slot or a worker).
+    pub due_unclaimed: i64,
+    /// How long the oldest of them has been due, in seconds (0 when none).
+    pub oldest_due_seconds: f64,
+    /// Registered workers whose heartbeat is younger than their lease TTL.
+    pub live_workers: i64,
+}
+
+/// Versions of the embedded migrations `migrator` holds that are not in `applied`.
+fn pending_versions(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<i64> {
+    migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect()
+}
+
 /// A wake-up hint; never the only trigger (notifications can be lost on reconnect).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Wake {
@@ -318,4 +349,37 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
     /// Subscribes to wake-up hints.
     async fn listen(&self) -> Result<Box<dyn WakeListener>, StoreError>;
+
+    /// Versions of this build's migrations that the database lacks (all of them on a database
+    /// never migrated). Reads only; for readiness checks.
+    async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError>;
+    /// Backlog and live workers, for metrics.
+    async fn gauges(&self) -> Result<StoreGauges, StoreError>;
+
+    /// Stores a new access token by its hash; `None` when a valid token already has `name`.
+    async fn create_access_token(
+        &self,
+        id: uuid::Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<Option<AccessToken>, StoreError>;
+    /// In one transaction: revokes the valid token named `name` unless it has this hash, and
+    /// stores this hash under `name` unless it is stored already (then returns that row, which
+    /// may be revoked). Safe when several processes do it at once.
+    async fn replace_access_token(
+        &self,
+        id: uuid::Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<AccessToken, StoreError>;
+    /// Every token, valid and revoked, oldest first.
+    async fn access_tokens(&self) -> Result<Vec<AccessToken>, StoreError>;
+    /// The token with this hash, valid or revoked.
+    async fn find_access_token(&self, token_hash: &str) -> Result<Option<AccessToken>, StoreError>;
+    /// Revokes the token with this id (a UUID) or the valid token with this name; returns it
+    /// (`None`: no such token). Revoking a revoked token keeps its first `revoked_at`.
+    async fn revoke_access_token(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<AccessToken>, StoreError>;
 }

@@ -2,8 +2,9 @@
 
 use super::pg_presence::PgPresence;
 use super::{
-    Claimed, Committed, Created, LeaseAfter, LeaseRenewal, ListFilter, NewWorkflow, Presence,
-    Renewed, StepCommit, Store, StoreError, StoredSignal, Wake, WakeListener, WorkerInfo,
+    AccessToken, Claimed, Committed, Created, LeaseAfter, LeaseRenewal, ListFilter, NewWorkflow,
+    Presence, Renewed, StepCommit, Store, StoreError, StoreGauges, StoredSignal, Wake,
+    WakeListener, WorkerInfo,
 };
 use crate::journal::{ActivityAttempt, Event, EventKind, Status, WorkerRecord, WorkflowRecord};
 use crate::{WorkerId, WorkflowId};
@@ -178,6 +179,15 @@ fn record(row: &PgRow) -> Result<WorkflowRecord, StoreError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn access_token(row: &PgRow) -> Result<AccessToken, StoreError> {
+    Ok(AccessToken {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
@@ -720,6 +730,138 @@ impl Store for PgStore {
             listener,
             connected: true,
         }))
+    }
+
+    async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        // sqlx keeps its table in the connection's default schema; `to_regclass` resolves the
+        // name the same way and is null (not an error) when the table does not exist.
+        let exists: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
+            .fetch_one(&self.pool)
+            .await?;
+        let applied: Vec<i64> = if exists {
+            sqlx::query_scalar("select version from _sqlx_migrations where success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(super::pending_versions(&MIGRATOR, &applied))
+    }
+
+    async fn gauges(&self) -> Result<StoreGauges, StoreError> {
+        let row = sqlx::query(
+            "with due as (
+                select run_at from kodomasu.workflows
+                where run_at <= now() and (lease_owner is null or lease_expires_at < now())
+             )
+             select (select count(*) from due) as due_unclaimed,
+                    coalesce((select extract(epoch from now() - min(run_at))::float8 from due), 0) as oldest,
+                    (select count(*) from kodomasu.workers
+                     where stopped_at is null
+                       and heartbeat_at + make_interval(secs => lease_ttl_ms / 1000.0) > now()) as live",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(StoreGauges {
+            due_unclaimed: row.try_get("due_unclaimed")?,
+            oldest_due_seconds: row.try_get::<f64, _>("oldest")?.max(0.0),
+            live_workers: row.try_get("live")?,
+        })
+    }
+
+    async fn create_access_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<Option<AccessToken>, StoreError> {
+        let row = sqlx::query(
+            "insert into kodomasu.access_tokens (id, name, token_hash) values ($1, $2, $3)
+             on conflict do nothing
+             returning *",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(access_token).transpose()
+    }
+
+    async fn replace_access_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<AccessToken, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "update kodomasu.access_tokens set revoked_at = now()
+             where name = $1 and revoked_at is null
+               and not exists (select 1 from kodomasu.access_tokens t where t.token_hash = $2)",
+        )
+        .bind(name)
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?;
+        // A concurrent replace of the same hash makes this a no-op (it waits for that one).
+        sqlx::query(
+            "insert into kodomasu.access_tokens (id, name, token_hash) values ($1, $2, $3)
+             on conflict do nothing",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let row = sqlx::query("select * from kodomasu.access_tokens where token_hash = $1")
+            .bind(token_hash)
+            .fetch_one(&self.pool)
+            .await?;
+        access_token(&row)
+    }
+
+    async fn access_tokens(&self) -> Result<Vec<AccessToken>, StoreError> {
+        let rows = sqlx::query("select * from kodomasu.access_tokens order by created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(access_token).collect()
+    }
+
+    async fn find_access_token(&self, token_hash: &str) -> Result<Option<AccessToken>, StoreError> {
+        let row = sqlx::query("select * from kodomasu.access_tokens where token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(access_token).transpose()
+    }
+
+    async fn revoke_access_token(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<AccessToken>, StoreError> {
+        let row = match Uuid::parse_str(id_or_name) {
+            Ok(id) => {
+                sqlx::query(
+                    "update kodomasu.access_tokens set revoked_at = coalesce(revoked_at, now())
+                     where id = $1 returning *",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            Err(_) => {
+                sqlx::query(
+                    "update kodomasu.access_tokens set revoked_at = now()
+                     where name = $1 and revoked_at is null returning *",
+                )
+                .bind(id_or_name)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        row.as_ref().map(access_token).transpose()
     }
 }
 
