@@ -30,12 +30,12 @@ use anyhow::{Context, bail};
 use async_trait::async_trait;
 use clap::{Args, Subcommand, ValueEnum};
 use engine::store::{
-    Claimed, Committed, Created, LeaseRenewal, ListFilter, NewWorkflow, Renewed, StepCommit,
-    StoreError, StoredSignal, WakeListener, WorkerInfo,
+    Claimed, Committed, Created, LeaseRenewal, ListFilter, NewWorkflow, Presence, Renewed,
+    StepCommit, StoreError, StoredSignal, WakeListener, WorkerInfo,
 };
 use engine::{
     ActivityAttempt, Engine, Event, EventKind, PgStore, Registry, Status, Store, Worker,
-    WorkerConfig, WorkerRecord, WorkflowId, WorkflowRecord,
+    WorkerConfig, WorkerId, WorkerRecord, WorkflowId, WorkflowRecord,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -598,6 +598,8 @@ struct Counters {
     claims: AtomicU64,
     empty_claims: AtomicU64,
     claimed: AtomicU64,
+    /// Workflows created leased to a local worker (no claim needed).
+    created_leased: AtomicU64,
     reads: AtomicU64,
     renewals: AtomicU64,
     other: AtomicU64,
@@ -695,6 +697,41 @@ impl Store for Observed {
             }
         }
         Ok(created)
+    }
+
+    async fn create_workflow_leased(
+        &self,
+        new: NewWorkflow,
+        worker: WorkerId,
+        lease_ttl: Duration,
+    ) -> Result<(Created, Option<Claimed>), StoreError> {
+        let c = &self.tracker.counters;
+        let n = transitions(&new.events);
+        let terminal = new.status.is_terminal().then_some(new.status);
+        let (created, claimed) = self
+            .inner
+            .create_workflow_leased(new, worker, lease_ttl)
+            .await?;
+        bump(&c.creates, 1);
+        if created.created {
+            bump(&c.transitions, n);
+            if let Some(status) = terminal {
+                self.tracker.finished(created.id, status);
+            }
+        }
+        if claimed.is_some() {
+            bump(&c.created_leased, 1);
+        }
+        Ok((created, claimed))
+    }
+
+    async fn presence(&self, worker: WorkerId) -> Result<Option<Box<dyn Presence>>, StoreError> {
+        self.inner.presence(worker).await
+    }
+
+    async fn reap_worker(&self, worker: WorkerId) -> Result<u64, StoreError> {
+        bump(&self.tracker.counters.other, 1);
+        self.inner.reap_worker(worker).await
     }
 
     async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, StoreError> {
@@ -826,6 +863,51 @@ impl Store for Observed {
 
     async fn listen(&self) -> Result<Box<dyn WakeListener>, StoreError> {
         self.inner.listen().await
+    }
+
+    async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        self.inner.pending_migrations().await
+    }
+
+    async fn gauges(&self) -> Result<engine::store::StoreGauges, StoreError> {
+        bump(&self.tracker.counters.reads, 1);
+        self.inner.gauges().await
+    }
+
+    async fn create_access_token(
+        &self,
+        id: uuid::Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<Option<engine::store::AccessToken>, StoreError> {
+        self.inner.create_access_token(id, name, token_hash).await
+    }
+
+    async fn replace_access_token(
+        &self,
+        id: uuid::Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<engine::store::AccessToken, StoreError> {
+        self.inner.replace_access_token(id, name, token_hash).await
+    }
+
+    async fn access_tokens(&self) -> Result<Vec<engine::store::AccessToken>, StoreError> {
+        self.inner.access_tokens().await
+    }
+
+    async fn find_access_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<engine::store::AccessToken>, StoreError> {
+        self.inner.find_access_token(token_hash).await
+    }
+
+    async fn revoke_access_token(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<engine::store::AccessToken>, StoreError> {
+        self.inner.revoke_access_token(id_or_name).await
     }
 }
 
@@ -1191,7 +1273,11 @@ async fn run_workload(
             slots: args.slots,
             ..WorkerConfig::default()
         };
-        workers.push(Worker::new(store.clone(), registry.clone(), config).spawn());
+        let worker = Worker::new(store.clone(), registry.clone(), config);
+        // As in `kodomasu dev` and any process that starts and runs workflows: new workflows
+        // go straight to a local worker with a free slot.
+        engine.dispatch_to(&worker);
+        workers.push(worker.spawn());
     }
     // Let the workers register and subscribe before the clock starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1329,6 +1415,7 @@ async fn run_workload(
         ("claim".to_owned(), per_wf(load(&c.claims))),
         ("claim_empty".to_owned(), per_wf(load(&c.empty_claims))),
         ("claimed_rows".to_owned(), per_wf(load(&c.claimed))),
+        ("created_leased".to_owned(), per_wf(load(&c.created_leased))),
         ("commit".to_owned(), per_wf(load(&c.commits))),
         ("commit_fenced".to_owned(), per_wf(load(&c.fenced))),
         ("read".to_owned(), per_wf(load(&c.reads))),

@@ -4,8 +4,8 @@ use activities::kodosumi::sim::{self as kodosumi_sim, KodosumiSimConfig};
 use activities::masumi::sim::{self as masumi_sim, BuyerBehavior, MasumiSimConfig};
 use anyhow::Context;
 use api::settings::{
-    BuyerArg, Cli, Command, DbArgs, KodosumiSimArgs, LogFormat, MasumiSimArgs, ServerArgs,
-    ServiceArgs, SimCommand, WorkerArgs,
+    BuyerArg, Cli, Command, DbArgs, KodosumiSimArgs, MasumiSimArgs, ServerArgs, ServiceArgs,
+    SimCommand, TokenCommand, WorkerArgs, WorkerMetricsArgs,
 };
 use api::{AppState, PaidJobs};
 use engine::{Engine, PgStore, SqliteStore, Store, Worker};
@@ -13,12 +13,26 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli: Cli = api::cli::config::parse_or_exit();
-    init_tracing(cli.log.log_format);
+    #[cfg(feature = "otel")]
+    let otlp_endpoint = cli.log.otlp_endpoint.clone();
+    #[cfg(not(feature = "otel"))]
+    let otlp_endpoint: Option<String> = None;
+    // Dropped after the runtime: flushing the trace exporter blocks.
+    let _telemetry = api::telemetry::init(cli.log.log_format, otlp_endpoint.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(async_main(cli));
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+async fn async_main(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     let mut tasks = JoinSet::new();
@@ -50,21 +64,25 @@ async fn run(
             db,
             worker,
             services,
+            metrics,
         } => {
             let store = prepare(&db).await?;
             let paid = PaidJobs::from_args(&services)?.map(Arc::new);
-            run_worker(store, &worker, paid, shutdown).await
+            run_worker_process(store, &worker, &metrics, paid, shutdown).await
         }
         Command::Server {
             db,
             server,
             services,
         } => {
+            let access = server.access().map_err(anyhow::Error::msg)?;
             let store = prepare(&db).await?;
+            bootstrap_token(store.as_ref(), &server).await?;
             let paid = PaidJobs::from_args(&services)?.map(Arc::new);
             let listener = bind(&server).await?;
-            run_server(store, listener, paid, shutdown).await
+            run_server(store, listener, paid, access, shutdown).await
         }
+        Command::Token(command) => run_token(command).await,
         Command::Dev {
             db,
             server,
@@ -88,18 +106,6 @@ fn operator_result<E: std::fmt::Display>(result: Result<(), E>) -> anyhow::Resul
         std::process::exit(1);
     }
     Ok(())
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 async fn wait_for_stop_signal() {
@@ -167,6 +173,132 @@ fn registry(paid: Option<&Arc<PaidJobs>>) -> engine::Registry {
     workflows::registry(paid.map(|p| &p.services))
 }
 
+/// `--bootstrap-token`: makes sure the token exists (name `bootstrap`, stored hashed).
+async fn bootstrap_token(store: &dyn Store, server: &ServerArgs) -> anyhow::Result<()> {
+    let Some(token) = &server.bootstrap_token else {
+        return Ok(());
+    };
+    if token.expose().len() < 16 {
+        tracing::warn!("the bootstrap token is shorter than 16 characters: easy to guess");
+    }
+    let record =
+        api::access::ensure_token(store, api::access::BOOTSTRAP_TOKEN_NAME, token.expose())
+            .await
+            .context("storing the bootstrap token")?;
+    if record.revoked_at.is_some() {
+        tracing::warn!(token.id = %record.id, token.name = %record.name,
+            "the bootstrap token was revoked and stays revoked; unset KODOMASU_BOOTSTRAP_TOKEN or choose a new value");
+    } else {
+        tracing::info!(token.id = %record.id, token.name = %record.name, "bootstrap token ready");
+    }
+    Ok(())
+}
+
+/// `kodomasu token create|list|revoke`, straight on the database.
+async fn run_token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create { db, name } => {
+            let store = prepare(&db).await?;
+            let (token, record) = api::access::create_token(store.as_ref(), &name).await?;
+            println!("{token}");
+            eprintln!(
+                "created token `{}` (id {}); it is shown only now: keep it somewhere safe",
+                record.name, record.id
+            );
+            Ok(())
+        }
+        TokenCommand::List { db, json } => {
+            let store = prepare(&db).await?;
+            let tokens = store.access_tokens().await?;
+            if json {
+                let list: Vec<_> = tokens.iter().map(api::access::token_json).collect();
+                println!("{}", serde_json::json!({ "tokens": list }));
+                return Ok(());
+            }
+            if tokens.is_empty() {
+                eprintln!("no tokens; create one with `kodomasu token create --name NAME`");
+                return Ok(());
+            }
+            let width = tokens
+                .iter()
+                .map(|t| t.name.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            println!(
+                "{:<36}  {:<width$}  {:<20}  REVOKED",
+                "ID", "NAME", "CREATED"
+            );
+            for t in &tokens {
+                let revoked = t.revoked_at.map_or_else(
+                    || "-".to_owned(),
+                    |at| at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                );
+                println!(
+                    "{:<36}  {:<width$}  {:<20}  {revoked}",
+                    t.id,
+                    t.name,
+                    t.created_at.format("%Y-%m-%d %H:%M:%S").to_string()
+                );
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { db, id_or_name } => {
+            let store = prepare(&db).await?;
+            match store.revoke_access_token(&id_or_name).await? {
+                Some(t) => {
+                    println!("revoked token `{}` ({})", t.name, t.id);
+                    Ok(())
+                }
+                None => anyhow::bail!("no token with id or valid name `{id_or_name}`"),
+            }
+        }
+    }
+}
+
+/// A worker process, with `/metrics` on `--metrics-listen` when given.
+async fn run_worker_process(
+    store: Arc<dyn Store>,
+    args: &WorkerArgs,
+    metrics: &WorkerMetricsArgs,
+    paid: Option<Arc<PaidJobs>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(addr) = metrics.metrics_listen else {
+        return run_worker(store, args, paid, shutdown).await;
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    let registry = api::metrics::Metrics::install();
+    tracing::info!(addr = %listener.local_addr()?, "worker metrics on /metrics");
+    let mut parts: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    {
+        let (store, registry, token) = (store.clone(), registry.clone(), shutdown.clone());
+        parts.spawn(async move {
+            api::metrics::serve_worker_metrics(listener, store, registry, token)
+                .await
+                .context("metrics server failed")
+        });
+    }
+    let upkeep = shutdown.child_token();
+    parts.spawn({
+        let upkeep = upkeep.clone();
+        async move {
+            registry.upkeep_loop(upkeep).await;
+            Ok(())
+        }
+    });
+    let result = run_worker(store, args, paid, shutdown.clone()).await;
+    shutdown.cancel();
+    while let Some(joined) = parts.join_next().await {
+        if let Ok(Err(e)) = joined {
+            tracing::warn!(error.message = %e, "metrics endpoint stopped");
+        }
+    }
+    result
+}
+
 async fn run_worker(
     store: Arc<dyn Store>,
     args: &WorkerArgs,
@@ -188,9 +320,11 @@ async fn run_server(
     store: Arc<dyn Store>,
     listener: tokio::net::TcpListener,
     paid: Option<Arc<PaidJobs>>,
+    access: api::access::AccessConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(store, registry(paid.as_ref())));
+    let state = AppState::new(engine, paid.clone(), access);
     let addr = listener.local_addr()?;
     let mut background = JoinSet::new();
     if let Some(paid) = &paid {
@@ -203,8 +337,9 @@ async fn run_server(
         let catalog = paid.catalog.clone();
         background.spawn(catalog.sync_loop(paid.flow_sync_interval, shutdown.clone()));
     }
+    background.spawn(state.metrics.clone().upkeep_loop(shutdown.clone()));
     tracing::info!(%addr, "HTTP server listening");
-    let result = api::serve(listener, AppState { engine, paid }, shutdown.clone()).await;
+    let result = api::serve(listener, state, shutdown.clone()).await;
     shutdown.cancel();
     while background.join_next().await.is_some() {}
     result.context("HTTP server failed")
@@ -333,13 +468,28 @@ async fn run_dev(
         sims.push(format!("Masumi simulator:   http://{masumi_addr}/api/v1   (payments: http://{masumi_addr}/_sim/payments)"));
         sims.push(format!("Kodosumi simulator: http://{kodosumi_addr}   (runs: http://{kodosumi_addr}/_sim/launches)"));
     }
+    let access = server.access().map_err(anyhow::Error::msg)?;
+    // Before the workers start, so their first attempts are counted too.
+    api::metrics::Metrics::install();
     let store = prepare(&db).await?;
+    bootstrap_token(store.as_ref(), &server).await?;
+    // Without a bootstrap token, a fresh `dev` token (replacing the previous one) to log in with.
+    let dev_token = match &server.bootstrap_token {
+        Some(_) => None,
+        None => {
+            let token = api::access::generate_token()?;
+            api::access::ensure_token(store.as_ref(), "dev", &token)
+                .await
+                .context("storing the dev token")?;
+            Some(token)
+        }
+    };
     let paid = PaidJobs::from_args(&services)?.map(Arc::new);
     let listener = bind(&server).await?;
     let addr = listener.local_addr()?;
     {
         let (store, paid, token) = (store.clone(), paid.clone(), shutdown.clone());
-        parts.spawn(async move { run_server(store, listener, paid, token).await });
+        parts.spawn(async move { run_server(store, listener, paid, access, token).await });
     }
     {
         let (store, paid, token) = (store.clone(), paid.clone(), shutdown.clone());
@@ -366,8 +516,20 @@ async fn run_dev(
     println!("kodomasu dev is running");
     println!("  journal:            {}", redact(&db.url()));
     println!(
-        "  API:                http://{addr}   (admin: http://{addr}/api/v1/workflows, health: http://{addr}/health)"
+        "  API:                http://{addr}   (admin: http://{addr}/api/v1/workflows, health: http://{addr}/health, metrics: http://{addr}/metrics)"
     );
+    println!("  dashboard:          http://{addr}/dashboard");
+    match &dev_token {
+        Some(token) => {
+            println!("  admin token:        {token}");
+            println!(
+                "                      (paste it on the dashboard's login page, or: curl -H 'authorization: Bearer {token}' http://{addr}/api/v1/workflows)"
+            );
+        }
+        None => println!(
+            "  admin token:        the value of --bootstrap-token / KODOMASU_BOOTSTRAP_TOKEN"
+        ),
+    }
     for line in &sims {
         println!("  {line}");
     }

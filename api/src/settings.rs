@@ -36,6 +36,8 @@ pub enum Command {
         worker: WorkerArgs,
         #[command(flatten)]
         services: ServiceArgs,
+        #[command(flatten)]
+        metrics: WorkerMetricsArgs,
     },
     /// Run the HTTP server (MIP-003 endpoints, admin API, health).
     Server {
@@ -61,6 +63,9 @@ pub enum Command {
     /// Run a simulator of an external service (a real HTTP server speaking its API).
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Manage the admin API's bearer tokens (stored hashed; a token is shown once).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Measure throughput, latency and database commits against the database's own commit
     /// ceiling (`kodomasu bench`), or the idle cost of workers (`kodomasu bench idle`).
     Bench(crate::bench::BenchArgs),
@@ -69,6 +74,33 @@ pub enum Command {
     /// Write (`init`) or check (`check`) a settings file.
     #[command(subcommand)]
     Config(crate::cli::ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints the token alone on stdout (details on stderr).
+    Create {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Name of the token (unique among valid tokens), e.g. `ci` or `alice`.
+        #[arg(long)]
+        name: String,
+    },
+    /// List tokens (never their values).
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Print JSON: `{"tokens": [{id, name, created_at, revoked_at, valid}]}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id or by name; it stops working within seconds on every server.
+    Revoke {
+        #[command(flatten)]
+        db: DbArgs,
+        /// The token's id, or the name of a valid token.
+        id_or_name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +199,42 @@ pub struct LogArgs {
     /// Log format.
     #[arg(long, env = "KODOMASU_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Export traces over OTLP/HTTP to this collector (e.g. `http://localhost:4318`; `/v1/traces`
+    /// is appended when the URL has no path). Off when unset.
+    #[cfg(feature = "otel")]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// A secret setting: `Debug` never shows its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty()
+            || s.chars()
+                .any(|c| !c.is_ascii_graphic() || c == ';' || c == ',')
+        {
+            return Err("must be non-empty printable ASCII without spaces, `;` or `,`".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -243,6 +311,55 @@ pub struct ServerArgs {
     /// Address the HTTP server listens on.
     #[arg(long, env = "KODOMASU_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// At start, make sure a valid admin token with exactly this value exists (name
+    /// `bootstrap`, stored hashed). For provisioning and tests; create others with
+    /// `kodomasu token create`.
+    #[arg(long, env = "KODOMASU_BOOTSTRAP_TOKEN", hide_env_values = true)]
+    pub bootstrap_token: Option<Secret>,
+    /// MIP-003 requests allowed per client IP in any minute (0 = no limit); more answer 429.
+    #[arg(long, env = "KODOMASU_RATE_LIMIT_PER_MINUTE", default_value_t = 60)]
+    pub rate_limit_per_minute: u32,
+    /// Take the client IP of the rate limit from the last `X-Forwarded-For` entry. Only behind
+    /// a proxy that sets it: otherwise clients choose their own key.
+    #[arg(long, env = "KODOMASU_TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    /// Origin allowed to call the API from a browser (repeatable; `*` = any). CORS is off
+    /// when none is given.
+    #[arg(
+        long = "cors-origin",
+        env = "KODOMASU_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+}
+
+impl ServerArgs {
+    /// The server's access settings.
+    ///
+    /// # Errors
+    /// When a CORS origin is not a valid header value.
+    pub fn access(&self) -> Result<crate::access::AccessConfig, String> {
+        let cors_origins: Vec<String> = self
+            .cors_origins
+            .iter()
+            .map(|o| o.trim().to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        crate::access::cors_layer(&cors_origins)?;
+        Ok(crate::access::AccessConfig {
+            rate_limit_per_minute: self.rate_limit_per_minute,
+            trust_forwarded_for: self.trust_forwarded_for,
+            cors_origins,
+        })
+    }
+}
+
+/// Metrics of a `kodomasu worker` process (servers serve `/metrics` on their own port).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerMetricsArgs {
+    /// Serve `/metrics` (Prometheus) and `/health/live` on this address; off when unset.
+    #[arg(long, env = "KODOMASU_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Args)]

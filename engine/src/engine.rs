@@ -9,8 +9,9 @@ use crate::journal::{
 use crate::registry::Registry;
 use crate::signal::SignalName;
 use crate::store::{ListFilter, NewWorkflow, Store, StoreError};
+use crate::worker::{LocalDispatch, Reservation};
 use crate::workflow::{WorkflowError, signal_value};
-use crate::{EngineError, Result, WorkflowId};
+use crate::{EngineError, Result, Worker, WorkflowId};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ use std::sync::Arc;
 pub struct Engine {
     store: Arc<dyn Store>,
     registry: Registry,
+    /// Workers in this process that new workflows may be handed to directly.
+    local: Arc<std::sync::RwLock<Vec<LocalDispatch>>>,
 }
 
 /// Result of [`Engine::start`].
@@ -58,7 +61,28 @@ pub struct ListQuery {
 impl Engine {
     /// An engine over `store` knowing the types in `registry`.
     pub fn new(store: Arc<dyn Store>, registry: Registry) -> Self {
-        Self { store, registry }
+        Self {
+            store,
+            registry,
+            local: Arc::default(),
+        }
+    }
+
+    /// Lets [`Engine::start`] hand new workflows straight to `worker` (in this process) while it
+    /// has a free slot: created leased to it, they skip the claim and the notification hop.
+    pub fn dispatch_to(&self, worker: &Worker) {
+        self.local
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(worker.local_dispatch());
+    }
+
+    fn reserve_local(&self, workflow_type: &str) -> Option<Reservation> {
+        self.local
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find_map(|d| d.reserve(workflow_type))
     }
 
     /// The registry.
@@ -113,23 +137,41 @@ impl Engine {
             Pending::Timer { due_at } => Some(*due_at),
             Pending::Signal | Pending::Nothing => None,
         };
-        let created = self
-            .store
-            .create_workflow(NewWorkflow {
-                id,
-                workflow_type: workflow_type.to_owned(),
-                key,
-                input,
-                status: draft.status,
-                state: draft.state,
-                pending: draft.pending,
-                output: draft.output,
-                error: draft.error,
-                next_call_seq: draft.next_call_seq,
-                run_at,
-                events: draft.events,
-            })
-            .await?;
+        let events = draft.events.clone();
+        let new = NewWorkflow {
+            id,
+            workflow_type: workflow_type.to_owned(),
+            key,
+            input,
+            status: draft.status,
+            state: draft.state,
+            pending: draft.pending,
+            output: draft.output,
+            error: draft.error,
+            next_call_seq: draft.next_call_seq,
+            run_at,
+            events: draft.events,
+        };
+        // Due now: a local worker with a free slot takes it in the same write.
+        let local = matches!(new.pending, Pending::Activity(_))
+            .then(|| self.reserve_local(workflow_type))
+            .flatten();
+        let created = match local {
+            None => self.store.create_workflow(new).await?,
+            Some(reservation) => {
+                let (created, claimed) = self
+                    .store
+                    .create_workflow_leased(new, reservation.worker_id(), reservation.lease_ttl())
+                    .await?;
+                if let Some(claimed) = claimed {
+                    reservation.hand_over(claimed);
+                }
+                created
+            }
+        };
+        if created.created {
+            crate::metrics::started(workflow_type, &events);
+        }
         Ok(Started {
             id: created.id,
             created: created.created,

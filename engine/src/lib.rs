@@ -23,6 +23,7 @@ mod engine;
 mod error;
 mod ids;
 mod journal;
+pub mod metrics;
 mod registry;
 mod retry;
 mod signal;
@@ -41,8 +42,8 @@ pub use journal::{
 pub use registry::Registry;
 pub use retry::backoff_delay;
 pub use signal::{BuiltinSignal, SignalName};
-pub use store::{PgStore, SqliteStore, Store, StoreError};
-pub use worker::{Worker, WorkerConfig, WorkerHandle};
+pub use store::{AccessToken, PgStore, SqliteStore, Store, StoreError, StoreGauges};
+pub use worker::{LocalDispatch, Worker, WorkerConfig, WorkerHandle};
 pub use workflow::{
     ActivityCall, ActivityOutcome, Next, NoSignal, Transition, Workflow, WorkflowError,
 };

@@ -12,7 +12,7 @@ use crate::driver::{self, AttemptEnd, AttemptSpec, Draft};
 use crate::journal::{Cause, Pending, Status};
 use crate::registry::Registry;
 use crate::store::{
-    Claimed, LeaseAfter, LeaseRenewal, NewAttempt, Store, StoreError, Wake, WorkerInfo,
+    Claimed, LeaseAfter, LeaseRenewal, NewAttempt, Presence, Store, StoreError, Wake, WorkerInfo,
 };
 use crate::{AttemptOutcome, EngineError, WorkerId, WorkflowError, WorkflowId};
 use backon::{ExponentialBuilder, Retryable};
@@ -104,6 +104,7 @@ impl HeldTokens {
 #[derive(Debug)]
 struct Held {
     epoch: i64,
+    workflow_type: String,
     tokens: Arc<HeldTokens>,
     /// The running attempt's heartbeat and the call it belongs to.
     heartbeat: Mutex<Option<(i64, Arc<HeartbeatCell>)>>,
@@ -130,6 +131,72 @@ struct Shared {
     /// Fires when [`Worker::run`] is dropped before it finished (a crash): in-flight drives
     /// are dropped with it, writing and releasing nothing, as if the process died.
     crashed: CancellationToken,
+    /// Free slots, shared by the claim loop and [`LocalDispatch`].
+    slots: Arc<Semaphore>,
+    /// Every drive task of [`Worker::run`].
+    drives: TaskTracker,
+    /// Registered and not stopping: [`LocalDispatch`] may hand workflows over.
+    accepting: std::sync::atomic::AtomicBool,
+}
+
+/// Hands workflows started in this process straight to a local worker with a free slot:
+/// [`crate::Engine::start`] creates them already leased to it (one write, no claim, no
+/// notification hop), and the worker drives them at once. Attach with
+/// [`crate::Engine::dispatch_to`]. Without a free slot, a workflow is created unleased as usual.
+#[derive(Debug, Clone)]
+pub struct LocalDispatch {
+    worker: Worker,
+}
+
+/// A reserved slot of a local worker, for one workflow about to be created.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    worker: Worker,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl LocalDispatch {
+    /// A free slot for a workflow of `workflow_type`, if the worker runs that type and is up.
+    pub(crate) fn reserve(&self, workflow_type: &str) -> Option<Reservation> {
+        let s = &self.worker.shared;
+        if !s.accepting.load(Ordering::Acquire)
+            || s.stopping.is_cancelled()
+            || !s.workflow_types.iter().any(|t| t == workflow_type)
+        {
+            return None;
+        }
+        let permit = s.slots.clone().try_acquire_owned().ok()?;
+        Some(Reservation {
+            worker: self.worker.clone(),
+            permit,
+        })
+    }
+}
+
+impl Reservation {
+    pub(crate) fn worker_id(&self) -> WorkerId {
+        self.worker.shared.id
+    }
+
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        self.worker.shared.config.lease_ttl
+    }
+
+    /// Drives the workflow created leased to this worker, in the worker's own task set.
+    pub(crate) fn hand_over(self, claimed: Claimed) {
+        let Self { worker, permit } = self;
+        let s = &worker.shared;
+        s.clock.observe(claimed.db_now);
+        let held = worker.hold(&claimed);
+        let driver = worker.clone();
+        s.drives.spawn(async move {
+            tokio::select! {
+                () = driver.drive(claimed, held) => {}
+                () = driver.shared.crashed.cancelled() => {}
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// A pool of workflow slots in this process.
@@ -182,6 +249,7 @@ enum StepStop {
 impl Worker {
     /// A worker over `store` running the types in `registry`.
     pub fn new(store: Arc<dyn Store>, registry: Registry, config: WorkerConfig) -> Self {
+        let config_slots = config.slots.max(1);
         Self {
             shared: Arc::new(Shared {
                 id: WorkerId::new(),
@@ -196,6 +264,9 @@ impl Worker {
                 stopping: CancellationToken::new(),
                 abandon: CancellationToken::new(),
                 crashed: CancellationToken::new(),
+                slots: Arc::new(Semaphore::new(config_slots)),
+                drives: TaskTracker::new(),
+                accepting: false.into(),
             }),
         }
     }
@@ -221,29 +292,37 @@ impl Worker {
     /// When the worker cannot register with the store.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), EngineError> {
         let s = &self.shared;
-        let info = WorkerInfo {
-            id: s.id,
-            host: s.config.host.clone(),
-            pid: std::process::id() as i32,
-            slots: s.config.slots as i32,
-            lease_ttl: s.config.lease_ttl,
-        };
-        s.store.register_worker(&info).await?;
+        // Presence first: no registry row may exist without its lock (see `Store::presence`).
+        let presence = s.store.presence(s.id).await?;
+        // Accepting local hand-overs from the moment the registry shows this worker.
+        s.accepting.store(true, Ordering::Release);
+        if let Err(e) = s
+            .store
+            .register_worker(&self.info(presence.as_deref()))
+            .await
+        {
+            s.accepting.store(false, Ordering::Release);
+            return Err(e.into());
+        }
         // Drives run in their own tasks; if this future is dropped mid-way, they must die too.
         let crash_guard = s.crashed.clone().drop_guard();
         info!(worker.id = %s.id, slots = s.config.slots, lease_ttl = ?s.config.lease_ttl, "worker started");
 
-        let tracker = TaskTracker::new();
+        let tracker = s.drives.clone();
         let mut loops = JoinSet::new();
         let renew_stop = CancellationToken::new();
         loops.spawn(self.clone().renew_loop(renew_stop.clone()));
         loops.spawn(self.clone().listen_loop(s.stopping.clone()));
+        if let Some(presence) = presence {
+            loops.spawn(self.clone().watch_loop(presence, renew_stop.clone()));
+        }
         let claim = self.clone().claim_loop(tracker.clone());
 
         tokio::select! {
             _ = claim => {},
             _ = shutdown.cancelled() => {},
         }
+        s.accepting.store(false, Ordering::Release);
         s.stopping.cancel();
         s.wake.notify_one();
         tracker.close();
@@ -296,9 +375,76 @@ impl Worker {
         }
     }
 
+    /// A handle with which an [`crate::Engine`] in this process hands new workflows straight
+    /// to this worker.
+    pub fn local_dispatch(&self) -> LocalDispatch {
+        LocalDispatch {
+            worker: self.clone(),
+        }
+    }
+
+    fn info(&self, presence: Option<&dyn Presence>) -> WorkerInfo {
+        let s = &self.shared;
+        WorkerInfo {
+            id: s.id,
+            host: s.config.host.clone(),
+            pid: std::process::id() as i32,
+            slots: s.config.slots as i32,
+            lease_ttl: s.config.lease_ttl,
+            watch_pid: presence.and_then(Presence::watch_pid),
+        }
+    }
+
+    /// Keeps this worker's presence and reaps the peers it sees die, so their workflows move
+    /// within milliseconds of the death instead of after their lease TTL. When a presence
+    /// session fails, takes a new one and re-registers (a peer may have reaped this worker
+    /// meanwhile; its leases were then fenced, which is safe).
+    async fn watch_loop(self, mut presence: Box<dyn Presence>, stop: CancellationToken) {
+        let s = &self.shared;
+        loop {
+            let death =
+                tokio::select! { d = presence.next_death() => d, _ = stop.cancelled() => return };
+            match death {
+                Ok(None) => {}
+                Ok(Some(dead)) => match s.store.reap_worker(dead).await {
+                    Ok(freed) => {
+                        info!(worker.id = %s.id, dead_worker.id = %dead, workflows = freed, "worker died; its workflows move now")
+                    }
+                    Err(e) => {
+                        warn!(dead_worker.id = %dead, error.message = %e, "could not reap a dead worker; its leases will expire")
+                    }
+                },
+                Err(e) => {
+                    warn!(error.message = %e, "presence session failed; taking it again");
+                    drop(presence);
+                    let acquire = || async {
+                        let p = s.store.presence(s.id).await?.ok_or_else(|| {
+                            StoreError::Corrupt("presence no longer supported".into())
+                        })?;
+                        s.store.register_worker(&self.info(Some(&*p))).await?;
+                        Ok::<_, StoreError>(p)
+                    };
+                    let again = tokio::select! {
+                        p = acquire.retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(10)).without_max_times())
+                            .notify(|e: &StoreError, d| warn!(error.message = %e, retry_in = ?d, "presence failed")) => p,
+                        _ = stop.cancelled() => return,
+                    };
+                    match again {
+                        Ok(p) => presence = p,
+                        Err(_) => return,
+                    }
+                }
+            }
+        }
+    }
+
     fn hold(&self, c: &Claimed) -> Arc<Held> {
+        if c.recovered_from.is_some() {
+            crate::metrics::lease_recovered(&c.record.workflow_type);
+        }
         let held = Arc::new(Held {
             epoch: c.record.lease_epoch,
+            workflow_type: c.record.workflow_type.clone(),
             tokens: Arc::new(HeldTokens {
                 abandon: self.shared.abandon.child_token(),
                 cancel_requested: c.record.cancel_requested.into(),
@@ -312,7 +458,7 @@ impl Worker {
 
     async fn claim_loop(self, tracker: TaskTracker) {
         let s = &self.shared;
-        let semaphore = Arc::new(Semaphore::new(s.config.slots.max(1)));
+        let semaphore = s.slots.clone();
         let mut failures = 0u32;
         loop {
             let first = tokio::select! {
@@ -490,7 +636,13 @@ impl Worker {
     /// Drives one claimed workflow until it waits, finishes, or the lease is lost.
     async fn drive(&self, claimed: Claimed, held: Arc<Held>) {
         let id = claimed.record.id;
-        let span = info_span!("workflow", workflow.id = %id, workflow.type = %claimed.record.workflow_type, lease.epoch = held.epoch);
+        let span = info_span!(
+            "workflow",
+            workflow.id = %id,
+            workflow.type = %claimed.record.workflow_type,
+            worker.id = %self.shared.id,
+            lease.epoch = held.epoch,
+        );
         let result = self.drive_steps(claimed, &held).instrument(span).await;
         lock(&self.shared.held).remove(&id);
         match result {
@@ -508,9 +660,9 @@ impl Worker {
         }
     }
 
-    async fn commit(&self, draft: &mut Draft, epoch: i64, lease: LeaseAfter) -> StepResult<()> {
+    async fn commit(&self, draft: &mut Draft, held: &Held, lease: LeaseAfter) -> StepResult<()> {
         let s = &self.shared;
-        let commit = draft.take_commit(s.id, epoch, lease, s.config.lease_ttl);
+        let commit = draft.take_commit(s.id, held.epoch, lease, s.config.lease_ttl);
         let store = s.store.clone();
         let attempt = || {
             let c = commit.clone();
@@ -529,6 +681,7 @@ impl Worker {
             .await;
         match result {
             Ok(done) => {
+                crate::metrics::journaled(&held.workflow_type, &commit.events, &commit.attempts);
                 draft.version = done.version;
                 draft.signal_seq = done.signal_seq;
                 s.clock.observe(done.db_now);
@@ -562,7 +715,6 @@ impl Worker {
             warn!("workflow type not registered in this worker; handing it back");
             return Err(StepStop::Release);
         };
-        let epoch = held.epoch;
         let mut draft = Draft::from_claimed(&claimed);
         let mut last_heartbeat = claimed.record.heartbeat_details.clone();
 
@@ -613,7 +765,7 @@ impl Worker {
             let now = s.clock.now();
             if draft.status.is_terminal() || draft.status == Status::Paused {
                 return self
-                    .commit(&mut draft, epoch, LeaseAfter::Release { run_at: None })
+                    .commit(&mut draft, held, LeaseAfter::Release { run_at: None })
                     .await;
             }
             let activity = match &draft.pending {
@@ -627,13 +779,13 @@ impl Worker {
                 }
                 Pending::Signal => {
                     return self
-                        .commit(&mut draft, epoch, LeaseAfter::Release { run_at: None })
+                        .commit(&mut draft, held, LeaseAfter::Release { run_at: None })
                         .await;
                 }
                 Pending::Timer { due_at } if *due_at > now => {
                     let run_at = Some(*due_at);
                     return self
-                        .commit(&mut draft, epoch, LeaseAfter::Release { run_at })
+                        .commit(&mut draft, held, LeaseAfter::Release { run_at })
                         .await;
                 }
                 Pending::Timer { .. } => {
@@ -644,7 +796,7 @@ impl Worker {
                 Pending::Activity(a) => match a.not_before {
                     Some(at) if at > now => {
                         return self
-                            .commit(&mut draft, epoch, LeaseAfter::Release { run_at: Some(at) })
+                            .commit(&mut draft, held, LeaseAfter::Release { run_at: Some(at) })
                             .await;
                     }
                     _ => a.clone(),
@@ -653,13 +805,13 @@ impl Worker {
             if s.stopping.is_cancelled() {
                 // Draining: start nothing new; another worker (or a restart) continues.
                 return self
-                    .commit(&mut draft, epoch, LeaseAfter::Release { run_at: Some(now) })
+                    .commit(&mut draft, held, LeaseAfter::Release { run_at: Some(now) })
                     .await;
             }
             let Some(body) = s.registry.get_activity(&activity.name).cloned() else {
                 warn!(activity.name = %activity.name, "activity not registered in this worker; handing it back");
                 if draft.is_dirty() {
-                    self.commit(&mut draft, epoch, LeaseAfter::Keep).await?;
+                    self.commit(&mut draft, held, LeaseAfter::Keep).await?;
                 }
                 return Err(StepStop::Release);
             };
@@ -680,7 +832,7 @@ impl Worker {
             }
             // Everything the attempt depends on must be durable before its body runs.
             if draft.is_dirty() {
-                self.commit(&mut draft, epoch, LeaseAfter::Keep).await?;
+                self.commit(&mut draft, held, LeaseAfter::Keep).await?;
                 if draft.signal_seq > draft.signal_seen {
                     continue;
                 }
@@ -699,7 +851,12 @@ impl Worker {
             *lock(&held.heartbeat) = Some((activity.call_seq, cell.clone()));
             let started_at = s.clock.now();
             let started = Instant::now();
-            let span = info_span!("activity", activity.name = %activity.name, call_seq = activity.call_seq, attempt = activity.attempt);
+            let span = info_span!(
+                "activity",
+                activity.name = %activity.name,
+                call_seq = activity.call_seq,
+                attempt = activity.attempt,
+            );
             let spec = AttemptSpec {
                 workflow_id: draft.id,
                 activity: &activity,
@@ -727,12 +884,12 @@ impl Worker {
             };
             match end {
                 AttemptEnd::Completed(output) => {
-                    debug!(activity.name = %activity.name, duration_ms, "attempt completed");
+                    debug!(activity.name = %activity.name, call_seq = activity.call_seq, attempt = activity.attempt, outcome = "completed", duration_ms, "attempt completed");
                     draft.attempts.push(row);
                     draft.attempt_completed(&s.registry, workflow.as_ref(), output, now);
                 }
                 AttemptEnd::Failed(error, outcome) => {
-                    debug!(activity.name = %activity.name, error.message = %error, "attempt failed");
+                    debug!(activity.name = %activity.name, call_seq = activity.call_seq, attempt = activity.attempt, outcome = outcome.as_str(), duration_ms, error.message = %error, "attempt failed");
                     row.outcome = outcome;
                     row.error = Some(error.clone());
                     draft.attempts.push(row);
@@ -790,7 +947,7 @@ impl Worker {
                     );
                     let run_at = (!draft.status.is_terminal()).then_some(now);
                     return self
-                        .commit(&mut draft, epoch, LeaseAfter::Release { run_at })
+                        .commit(&mut draft, held, LeaseAfter::Release { run_at })
                         .await;
                 }
             }

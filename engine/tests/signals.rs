@@ -478,6 +478,16 @@ async fn pause_interrupts_an_interruptible_activity_which_keeps_its_result(
     let done = wait_for_status(&store, started.id, Status::Completed).await;
     assert_eq!(done.output, Some(json!("interrupted")));
     assert!(probe.saw_cancel(), "the body saw its token fire on pause");
+    // The pause may still be discarded by a last commit after the completion: let it land
+    // before reading the journal (snapshot and events are read separately).
+    wait_for("the pause to be consumed", || {
+        let store = store.clone();
+        async move {
+            let r = store.get_workflow(started.id).await.ok()??;
+            (r.signals_unconsumed == 0 && r.lease_owner.is_none()).then_some(())
+        }
+    })
+    .await;
     let journal = Journal::load(&db, started.id).await;
     journal.assert_consistent();
     assert_eq!(

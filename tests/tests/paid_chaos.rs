@@ -237,9 +237,7 @@ async fn paid_jobs_keep_money_safe_while_workers_are_killed() -> anyhow::Result<
         )?);
         spawned += 1;
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()?;
+    let http = common::http_client(Duration::from_secs(60));
     wait_ok(
         &http,
         &format!("{base}/health"),

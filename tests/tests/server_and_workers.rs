@@ -35,7 +35,7 @@ async fn server_and_two_workers_survive_a_sigkill() -> anyhow::Result<()> {
     )?;
     let mut first = spawn_worker(&db.url, logs.join("worker-1.log"), LEASE_TTL)?;
     let _second = spawn_worker(&db.url, logs.join("worker-2.log"), LEASE_TTL)?;
-    let http = reqwest::Client::new();
+    let http = common::http_client(Duration::from_secs(30));
     for i in 0.. {
         if http
             .get(format!("{base}/health"))

@@ -116,9 +116,7 @@ async fn a_server_and_two_workers_share_one_sqlite_file() -> anyhow::Result<()> 
         file.path.display(),
         logs.display()
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let http = common::http_client(Duration::from_secs(30));
     // All three processes start at once and each applies the migrations.
     let first = spawn_sqlite_worker(&Journal::Url(&file.url), &logs.join("worker-1.log"))?;
     let second = spawn_sqlite_worker(&Journal::DataDir(&file.dir), &logs.join("worker-2.log"))?;
@@ -198,9 +196,7 @@ async fn sqlite_killed_workers_lose_nothing() -> anyhow::Result<()> {
         file.path.display(),
         logs.display()
     );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let http = common::http_client(Duration::from_secs(30));
     let (_server, base) = spawn_sqlite_server(&http, &file.url, &logs.join("server.log")).await?;
     let pool = file.pool().await?;
     let mut spawned = 0usize;
@@ -381,9 +377,7 @@ async fn dev_without_a_database_completes_a_paid_job_and_keeps_its_history() -> 
     let root = std::env::temp_dir().join(format!("kodomasu-dev-{}", uuid::Uuid::new_v4().simple()));
     let data_dir = root.join("data");
     let logs = common::log_dir("sqlite_processes/dev");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let http = common::http_client(Duration::from_secs(30));
 
     let (mut dev, banner, base) = start_dev(&http, &data_dir, &logs.join("dev-1.log")).await?;
     eprintln!(

@@ -1,5 +1,7 @@
 //! `GET /health`: the database answers; with paid jobs, each external service's circuit
-//! breaker and the flow catalog's sync state.
+//! breaker and the flow catalog's sync state. `GET /health/live`: the process serves HTTP
+//! (no database call; for liveness probes). `GET /health/ready`: the database answers and has
+//! every migration of this build (for readiness probes and load balancers).
 
 use crate::AppState;
 use axum::extract::State;
@@ -9,7 +11,41 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health))
+    Router::new()
+        .route("/health", get(health))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+}
+
+/// 200 while the process serves requests.
+pub async fn live() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// 200 when the database answers and every embedded migration is applied, else 503.
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    match state.engine.store().pending_migrations().await {
+        Ok(pending) if pending.is_empty() => (
+            StatusCode::OK,
+            Json(json!({ "status": "ok", "database": "ok", "migrations": "applied" })),
+        ),
+        Ok(pending) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "unavailable",
+                "database": "ok",
+                "migrations": "pending",
+                "pending_migrations": pending,
+            })),
+        ),
+        Err(e) => {
+            tracing::warn!(error.message = %e, "readiness check: database unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "database": "unreachable" })),
+            )
+        }
+    }
 }
 
 async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {

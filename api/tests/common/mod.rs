@@ -2,6 +2,8 @@
 //! PostgreSQL database (one fresh database per test, from `#[sqlx::test]`), with an optional
 //! in-process worker.
 
+#![allow(dead_code)]
+
 use engine::{Engine, PgStore, Store, Worker, WorkerConfig, WorkerHandle, WorkerId};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -22,12 +24,30 @@ pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub address: String,
     pub pool: PgPool,
+    /// Sends the admin token ([`TestApp::token`]) with every request.
     pub client: reqwest::Client,
+    /// Sends no token.
+    pub anonymous: reqwest::Client,
+    /// A valid admin token (name `test`).
+    pub token: String,
     pub store: Arc<dyn Store>,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     worker: Option<WorkerHandle>,
     _stop_on_drop: DropGuard,
+}
+
+/// An HTTP client that sends `Authorization: Bearer <token>` with every request.
+pub fn authorized_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .expect("a token is a valid header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .expect("http client")
 }
 
 /// A response read whole: status and JSON body (`Value::Null` when the body is empty).
@@ -87,10 +107,27 @@ impl Reply {
 }
 
 impl TestApp {
-    /// Migrates the test database and serves the API on 127.0.0.1:0.
+    /// Migrates the test database and serves the API on 127.0.0.1:0, without a rate limit.
     pub async fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with(
+            pool,
+            api::access::AccessConfig {
+                rate_limit_per_minute: 0,
+                ..api::access::AccessConfig::default()
+            },
+        )
+        .await
+    }
+
+    /// [`TestApp::spawn`] with the given access settings.
+    pub async fn spawn_with(pool: PgPool, access: api::access::AccessConfig) -> Self {
         let store: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone()));
         store.migrate().await.expect("migrations apply");
+        // `ensure_token`: a second app on the same database replaces the first one's token.
+        let token = api::access::generate_token().expect("a random token");
+        api::access::ensure_token(store.as_ref(), "test", &token)
+            .await
+            .expect("store the test token");
         let engine = Arc::new(Engine::new(store.clone(), workflows::registry(None)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -99,10 +136,11 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(api::serve(
             listener,
-            api::AppState { engine, paid: None },
+            api::AppState::new(engine, None, access),
             shutdown.clone(),
         ));
-        let client = reqwest::Client::builder()
+        let client = authorized_client(&token);
+        let anonymous = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .expect("http client");
@@ -110,6 +148,8 @@ impl TestApp {
             address,
             pool,
             client,
+            anonymous,
+            token,
             store,
             _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
@@ -155,9 +195,11 @@ impl TestApp {
             shutdown,
             server,
             client,
+            anonymous,
             ..
         } = self;
         drop(client);
+        drop(anonymous);
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(10), server)
             .await
@@ -166,11 +208,13 @@ impl TestApp {
             .expect("server ends without error");
     }
 
-    fn url(&self, path: &str) -> String {
+    /// `{address}{path}`.
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
-    async fn read(resp: reqwest::Response) -> Reply {
+    /// Reads a response whole.
+    pub async fn read(resp: reqwest::Response) -> Reply {
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.expect("read response body");

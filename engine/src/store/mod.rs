@@ -12,6 +12,7 @@
 //!   ordered by their gapless `seq`;
 //! - [`Store::listen`] hints are best effort; workers also poll.
 
+mod pg_presence;
 mod postgres;
 mod sqlite;
 
@@ -186,6 +187,23 @@ pub struct WorkerInfo {
     pub pid: i32,
     pub slots: i32,
     pub lease_ttl: Duration,
+    /// The backend session that watches for dead peers ([`Presence::watch_pid`]), if any.
+    pub watch_pid: Option<i32>,
+}
+
+/// A worker process's presence in the database, held for as long as this value lives; when
+/// the process dies the database notices at once, and a peer's [`Presence::next_death`]
+/// reports it, so its workflows move without waiting for their leases to expire.
+#[async_trait]
+pub trait Presence: Send + Debug {
+    /// The id of the session whose wait a joining worker interrupts (recorded in the registry).
+    fn watch_pid(&self) -> Option<i32>;
+    /// Waits for a watched worker to die and returns it; `None` when the wait ended without a
+    /// death (periodic recheck, or a worker joined); call again.
+    ///
+    /// # Errors
+    /// When a presence session failed: drop this presence and acquire a new one.
+    async fn next_death(&mut self) -> Result<Option<WorkerId>, StoreError>;
 }
 
 /// Filters of [`Store::list_workflows`]; newest first, `cursor` is the last id of the previous page.
@@ -195,6 +213,37 @@ pub struct ListFilter {
     pub workflow_type: Option<String>,
     pub limit: i64,
     pub cursor: Option<WorkflowId>,
+}
+
+/// An access token of the admin API as stored: its SHA-256 only, never the token. Valid while
+/// `revoked_at` is `None`; names are unique among valid tokens.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AccessToken {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Figures read at metrics scrape time (by the database clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StoreGauges {
+    /// Workflows due now that no live lease holds (waiting for a free slot or a worker).
+    pub due_unclaimed: i64,
+    /// How long the oldest of them has been due, in seconds (0 when none).
+    pub oldest_due_seconds: f64,
+    /// Registered workers whose heartbeat is younger than their lease TTL.
+    pub live_workers: i64,
+}
+
+/// Versions of the embedded migrations `migrator` holds that are not in `applied`.
+fn pending_versions(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<i64> {
+    migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect()
 }
 
 /// A wake-up hint; never the only trigger (notifications can be lost on reconnect).
@@ -227,6 +276,18 @@ pub trait Store: Send + Sync + Debug + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Creates a workflow, or returns the existing one with the same (type, key).
     async fn create_workflow(&self, new: NewWorkflow) -> Result<Created, StoreError>;
+    /// Creates a workflow already leased to `worker` (a worker in the creating process with a
+    /// free slot), in the same single write and without a wake-up hint: the claim and the
+    /// notification hop are saved. Returns the lease as a claim when the row was created;
+    /// a backend may decline (the default) and create it unleased, for any worker to claim.
+    async fn create_workflow_leased(
+        &self,
+        new: NewWorkflow,
+        _worker: WorkerId,
+        _lease_ttl: Duration,
+    ) -> Result<(Created, Option<Claimed>), StoreError> {
+        Ok((self.create_workflow(new).await?, None))
+    }
     async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, StoreError>;
     async fn list_workflows(&self, filter: &ListFilter) -> Result<Vec<WorkflowRecord>, StoreError>;
     /// Events with seq greater than `after_seq`, oldest first, at most `limit`.
@@ -270,10 +331,55 @@ pub trait Store: Send + Sync + Debug + 'static {
         worker: WorkerId,
         leases: &[(WorkflowId, i64)],
     ) -> Result<(), StoreError>;
+    /// Registers a worker, or re-registers it (clears `stopped_at`) after its presence was
+    /// re-acquired.
     async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError>;
+    /// Takes `worker`'s presence; call before [`Store::register_worker`]. `None` when the backend
+    /// cannot tell a dead process from a live one (then leases alone find dead workers).
+    async fn presence(&self, _worker: WorkerId) -> Result<Option<Box<dyn Presence>>, StoreError> {
+        Ok(None)
+    }
+    /// A worker was found dead: marks it stopped and expires its leases so that other workers
+    /// claim its workflows now; returns how many it held.
+    async fn reap_worker(&self, _worker: WorkerId) -> Result<u64, StoreError> {
+        Ok(0)
+    }
     async fn worker_heartbeat(&self, worker: WorkerId, slots_used: i32) -> Result<(), StoreError>;
     async fn worker_stopped(&self, worker: WorkerId) -> Result<(), StoreError>;
     async fn workers(&self) -> Result<Vec<WorkerRecord>, StoreError>;
     /// Subscribes to wake-up hints.
     async fn listen(&self) -> Result<Box<dyn WakeListener>, StoreError>;
+
+    /// Versions of this build's migrations that the database lacks (all of them on a database
+    /// never migrated). Reads only; for readiness checks.
+    async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError>;
+    /// Backlog and live workers, for metrics.
+    async fn gauges(&self) -> Result<StoreGauges, StoreError>;
+
+    /// Stores a new access token by its hash; `None` when a valid token already has `name`.
+    async fn create_access_token(
+        &self,
+        id: uuid::Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<Option<AccessToken>, StoreError>;
+    /// In one transaction: revokes the valid token named `name` unless it has this hash, and
+    /// stores this hash under `name` unless it is stored already (then returns that row, which
+    /// may be revoked). Safe when several processes do it at once.
+    async fn replace_access_token(
+        &self,
+        id: uuid::Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<AccessToken, StoreError>;
+    /// Every token, valid and revoked, oldest first.
+    async fn access_tokens(&self) -> Result<Vec<AccessToken>, StoreError>;
+    /// The token with this hash, valid or revoked.
+    async fn find_access_token(&self, token_hash: &str) -> Result<Option<AccessToken>, StoreError>;
+    /// Revokes the token with this id (a UUID) or the valid token with this name; returns it
+    /// (`None`: no such token). Revoking a revoked token keeps its first `revoked_at`.
+    async fn revoke_access_token(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<AccessToken>, StoreError>;
 }

@@ -1,8 +1,10 @@
 //! The PostgreSQL journal: the production backend.
 
+use super::pg_presence::PgPresence;
 use super::{
-    Claimed, Committed, Created, LeaseAfter, LeaseRenewal, ListFilter, NewWorkflow, Renewed,
-    StepCommit, Store, StoreError, StoredSignal, Wake, WakeListener, WorkerInfo,
+    AccessToken, Claimed, Committed, Created, LeaseAfter, LeaseRenewal, ListFilter, NewWorkflow,
+    Presence, Renewed, StepCommit, Store, StoreError, StoreGauges, StoredSignal, Wake,
+    WakeListener, WorkerInfo,
 };
 use crate::journal::{ActivityAttempt, Event, EventKind, Status, WorkerRecord, WorkflowRecord};
 use crate::{WorkerId, WorkflowId};
@@ -48,6 +50,95 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
+
+    /// One statement (its own transaction, one round trip): the row, its first events and,
+    /// unless it is created leased to a local worker, the wake-up hint; events, hint and lease
+    /// only if the row was inserted.
+    async fn insert_workflow(
+        &self,
+        new: NewWorkflow,
+        lease: Option<(WorkerId, Duration)>,
+    ) -> Result<(Created, Option<Claimed>), StoreError> {
+        let seqs: Vec<i64> = (1..=new.events.len() as i64).collect();
+        let kinds: Vec<&str> = new.events.iter().map(EventKind::name).collect();
+        let payloads = new
+            .events
+            .iter()
+            .map(to_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        let row = sqlx::query(
+            "with created as (
+                insert into kodomasu.workflows
+                  (id, workflow_type, key, status, input, state, pending, output, error, version, next_call_seq,
+                   run_at, finished_at, lease_owner, lease_epoch, lease_expires_at)
+                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                        case when $13 then now() end,
+                        $18, case when $18::uuid is null then 0 else 1 end,
+                        case when $18::uuid is not null then now() + make_interval(secs => $19) end)
+                on conflict (workflow_type, key) do nothing
+                returning *
+             ),
+             first_events as (
+                insert into kodomasu.events (workflow_id, seq, kind, payload)
+                select created.id, e.s, e.k, e.p
+                from created, unnest($14::bigint[], $15::text[], $16::jsonb[]) as e(s, k, p)
+             ),
+             woken as (
+                select pg_notify($17, '') from created
+                where $12::timestamptz is not null and $18::uuid is null
+             )
+             select created.*, now() as db_now from created where (select count(*) from woken) >= 0",
+        )
+        .bind(new.id)
+        .bind(&new.workflow_type)
+        .bind(&new.key)
+        .bind(new.status.as_str())
+        .bind(&new.input)
+        .bind(&new.state)
+        .bind(to_json(&new.pending)?)
+        .bind(&new.output)
+        .bind(new.error.as_ref().map(to_json).transpose()?)
+        .bind(new.events.len() as i64)
+        .bind(new.next_call_seq)
+        .bind(new.run_at)
+        .bind(new.status.is_terminal())
+        .bind(&seqs)
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(WAKE_CHANNEL)
+        .bind(lease.map(|(worker, _)| worker))
+        .bind(lease.map_or(0.0, |(_, ttl)| ttl.as_secs_f64()))
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            let created = Created {
+                id: row.try_get("id")?,
+                created: true,
+            };
+            let claimed = match lease {
+                None => None,
+                Some(_) => Some(Claimed {
+                    record: record(&row)?,
+                    next_call_seq: row.try_get("next_call_seq")?,
+                    signal_seq: row.try_get("signal_seq")?,
+                    signal_seen: row.try_get("signal_seen")?,
+                    recovered_from: None,
+                    db_now: row.try_get("db_now")?,
+                }),
+            };
+            return Ok((created, claimed));
+        }
+        // (type, key) taken: the existing workflow, read in a new snapshot so a concurrent
+        // creator's row (which made the insert a no-op) is visible.
+        let id: WorkflowId = sqlx::query_scalar(
+            "select id from kodomasu.workflows where workflow_type = $1 and key = $2",
+        )
+        .bind(&new.workflow_type)
+        .bind(&new.key)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((Created { id, created: false }, None))
+    }
 }
 
 fn json<T: DeserializeOwned>(row: &PgRow, col: &str) -> Result<T, StoreError> {
@@ -91,6 +182,15 @@ fn record(row: &PgRow) -> Result<WorkflowRecord, StoreError> {
     })
 }
 
+fn access_token(row: &PgRow) -> Result<AccessToken, StoreError> {
+    Ok(AccessToken {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
     serde_json::to_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -118,67 +218,16 @@ impl Store for PgStore {
     }
 
     async fn create_workflow(&self, new: NewWorkflow) -> Result<Created, StoreError> {
-        let seqs: Vec<i64> = (1..=new.events.len() as i64).collect();
-        let kinds: Vec<&str> = new.events.iter().map(EventKind::name).collect();
-        let payloads = new
-            .events
-            .iter()
-            .map(to_json)
-            .collect::<Result<Vec<_>, _>>()?;
-        // One statement (its own transaction, one round trip): the row, its first events and
-        // the wake-up hint, the last two only if the row was inserted.
-        let inserted: Option<WorkflowId> = sqlx::query_scalar(
-            "with created as (
-                insert into kodomasu.workflows
-                  (id, workflow_type, key, status, input, state, pending, output, error, version, next_call_seq,
-                   run_at, finished_at)
-                values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                        case when $13 then now() end)
-                on conflict (workflow_type, key) do nothing
-                returning id
-             ),
-             first_events as (
-                insert into kodomasu.events (workflow_id, seq, kind, payload)
-                select created.id, e.s, e.k, e.p
-                from created, unnest($14::bigint[], $15::text[], $16::jsonb[]) as e(s, k, p)
-             ),
-             woken as (
-                select pg_notify($17, '') from created where $12::timestamptz is not null
-             )
-             select id from created where (select count(*) from woken) >= 0",
-        )
-        .bind(new.id)
-        .bind(&new.workflow_type)
-        .bind(&new.key)
-        .bind(new.status.as_str())
-        .bind(&new.input)
-        .bind(&new.state)
-        .bind(to_json(&new.pending)?)
-        .bind(&new.output)
-        .bind(new.error.as_ref().map(to_json).transpose()?)
-        .bind(new.events.len() as i64)
-        .bind(new.next_call_seq)
-        .bind(new.run_at)
-        .bind(new.status.is_terminal())
-        .bind(&seqs)
-        .bind(&kinds)
-        .bind(&payloads)
-        .bind(WAKE_CHANNEL)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(id) = inserted {
-            return Ok(Created { id, created: true });
-        }
-        // (type, key) taken: the existing workflow, read in a new snapshot so a concurrent
-        // creator's row (which made the insert a no-op) is visible.
-        let id: WorkflowId = sqlx::query_scalar(
-            "select id from kodomasu.workflows where workflow_type = $1 and key = $2",
-        )
-        .bind(&new.workflow_type)
-        .bind(&new.key)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Created { id, created: false })
+        Ok(self.insert_workflow(new, None).await?.0)
+    }
+
+    async fn create_workflow_leased(
+        &self,
+        new: NewWorkflow,
+        worker: WorkerId,
+        lease_ttl: Duration,
+    ) -> Result<(Created, Option<Claimed>), StoreError> {
+        self.insert_workflow(new, Some((worker, lease_ttl))).await
     }
 
     async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, StoreError> {
@@ -585,16 +634,49 @@ impl Store for PgStore {
 
     async fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
         sqlx::query(
-            "insert into kodomasu.workers (id, host, pid, slots, lease_ttl_ms) values ($1, $2, $3, $4, $5)",
+            "insert into kodomasu.workers (id, host, pid, slots, lease_ttl_ms, watch_pid)
+             values ($1, $2, $3, $4, $5, $6)
+             on conflict (id) do update
+             set stopped_at = null, heartbeat_at = now(), watch_pid = excluded.watch_pid",
         )
         .bind(info.id)
         .bind(&info.host)
         .bind(info.pid)
         .bind(info.slots)
         .bind(info.lease_ttl.as_millis() as i64)
+        .bind(info.watch_pid)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn presence(&self, worker: WorkerId) -> Result<Option<Box<dyn Presence>>, StoreError> {
+        let options = self.pool.connect_options();
+        let presence = PgPresence::acquire(&options, worker).await?;
+        Ok(Some(Box::new(presence)))
+    }
+
+    async fn reap_worker(&self, worker: WorkerId) -> Result<u64, StoreError> {
+        let freed: i64 = sqlx::query_scalar(
+            "with stopped as (
+                update kodomasu.workers set stopped_at = coalesce(stopped_at, now()), slots_used = 0
+                where id = $1 returning id
+             ), freed as (
+                update kodomasu.workflows set lease_expires_at = now()
+                where lease_owner = $1 and lease_expires_at > now() returning id
+             )
+             select count(*) from freed",
+        )
+        .bind(worker)
+        .fetch_one(&self.pool)
+        .await?;
+        if freed > 0 {
+            sqlx::query("select pg_notify($1, '')")
+                .bind(WAKE_CHANNEL)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(freed as u64)
     }
 
     async fn worker_heartbeat(&self, worker: WorkerId, slots_used: i32) -> Result<(), StoreError> {
@@ -648,6 +730,138 @@ impl Store for PgStore {
             listener,
             connected: true,
         }))
+    }
+
+    async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        // sqlx keeps its table in the connection's default schema; `to_regclass` resolves the
+        // name the same way and is null (not an error) when the table does not exist.
+        let exists: bool = sqlx::query_scalar("select to_regclass('_sqlx_migrations') is not null")
+            .fetch_one(&self.pool)
+            .await?;
+        let applied: Vec<i64> = if exists {
+            sqlx::query_scalar("select version from _sqlx_migrations where success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(super::pending_versions(&MIGRATOR, &applied))
+    }
+
+    async fn gauges(&self) -> Result<StoreGauges, StoreError> {
+        let row = sqlx::query(
+            "with due as (
+                select run_at from kodomasu.workflows
+                where run_at <= now() and (lease_owner is null or lease_expires_at < now())
+             )
+             select (select count(*) from due) as due_unclaimed,
+                    coalesce((select extract(epoch from now() - min(run_at))::float8 from due), 0) as oldest,
+                    (select count(*) from kodomasu.workers
+                     where stopped_at is null
+                       and heartbeat_at + make_interval(secs => lease_ttl_ms / 1000.0) > now()) as live",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(StoreGauges {
+            due_unclaimed: row.try_get("due_unclaimed")?,
+            oldest_due_seconds: row.try_get::<f64, _>("oldest")?.max(0.0),
+            live_workers: row.try_get("live")?,
+        })
+    }
+
+    async fn create_access_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<Option<AccessToken>, StoreError> {
+        let row = sqlx::query(
+            "insert into kodomasu.access_tokens (id, name, token_hash) values ($1, $2, $3)
+             on conflict do nothing
+             returning *",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(access_token).transpose()
+    }
+
+    async fn replace_access_token(
+        &self,
+        id: Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<AccessToken, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "update kodomasu.access_tokens set revoked_at = now()
+             where name = $1 and revoked_at is null
+               and not exists (select 1 from kodomasu.access_tokens t where t.token_hash = $2)",
+        )
+        .bind(name)
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?;
+        // A concurrent replace of the same hash makes this a no-op (it waits for that one).
+        sqlx::query(
+            "insert into kodomasu.access_tokens (id, name, token_hash) values ($1, $2, $3)
+             on conflict do nothing",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let row = sqlx::query("select * from kodomasu.access_tokens where token_hash = $1")
+            .bind(token_hash)
+            .fetch_one(&self.pool)
+            .await?;
+        access_token(&row)
+    }
+
+    async fn access_tokens(&self) -> Result<Vec<AccessToken>, StoreError> {
+        let rows = sqlx::query("select * from kodomasu.access_tokens order by created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(access_token).collect()
+    }
+
+    async fn find_access_token(&self, token_hash: &str) -> Result<Option<AccessToken>, StoreError> {
+        let row = sqlx::query("select * from kodomasu.access_tokens where token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(access_token).transpose()
+    }
+
+    async fn revoke_access_token(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<AccessToken>, StoreError> {
+        let row = match Uuid::parse_str(id_or_name) {
+            Ok(id) => {
+                sqlx::query(
+                    "update kodomasu.access_tokens set revoked_at = coalesce(revoked_at, now())
+                     where id = $1 returning *",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            Err(_) => {
+                sqlx::query(
+                    "update kodomasu.access_tokens set revoked_at = now()
+                     where name = $1 and revoked_at is null returning *",
+                )
+                .bind(id_or_name)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        row.as_ref().map(access_token).transpose()
     }
 }
 

@@ -30,8 +30,9 @@
 //! ```
 
 use super::{
-    Claimed, Committed, Created, LeaseAfter, LeaseRenewal, ListFilter, NewWorkflow, Renewed,
-    StepCommit, Store, StoreError, StoredSignal, Wake, WakeListener, WorkerInfo,
+    AccessToken, Claimed, Committed, Created, LeaseAfter, LeaseRenewal, ListFilter, NewWorkflow,
+    Renewed, StepCommit, Store, StoreError, StoreGauges, StoredSignal, Wake, WakeListener,
+    WorkerInfo,
 };
 use crate::journal::{ActivityAttempt, Event, EventKind, Status, WorkerRecord, WorkflowRecord};
 use crate::{WorkerId, WorkflowId};
@@ -287,6 +288,15 @@ fn record(row: &SqliteRow) -> Result<WorkflowRecord, StoreError> {
         created_at: get_ts(row, "created_at")?,
         updated_at: get_ts(row, "updated_at")?,
         finished_at: get_opt_ts(row, "finished_at")?,
+    })
+}
+
+fn access_token(row: &SqliteRow) -> Result<AccessToken, StoreError> {
+    Ok(AccessToken {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: get_ts(row, "created_at")?,
+        revoked_at: get_opt_ts(row, "revoked_at")?,
     })
 }
 
@@ -868,6 +878,164 @@ impl Store for SqliteStore {
             last_signal,
             queued: VecDeque::new(),
         }))
+    }
+
+    async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let exists: bool = sqlx::query_scalar(
+            "select exists (select 1 from sqlite_master where type = 'table' and name = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let applied: Vec<i64> = if exists {
+            sqlx::query_scalar("select version from _sqlx_migrations where success")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(super::pending_versions(&MIGRATOR, &applied))
+    }
+
+    async fn gauges(&self) -> Result<StoreGauges, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let now = db_now(&mut conn).await?;
+        let now_text = ts(now);
+        let (due_unclaimed, oldest): (i64, Option<String>) = sqlx::query_as(
+            "select count(*), min(run_at) from workflows
+             where run_at <= ?1 and (lease_owner is null or lease_expires_at < ?1)",
+        )
+        .bind(&now_text)
+        .fetch_one(&mut *conn)
+        .await?;
+        let oldest_due_seconds = match oldest {
+            Some(t) => {
+                ((now - parse_ts(&t, "run_at")?).num_milliseconds() as f64 / 1000.0).max(0.0)
+            }
+            None => 0.0,
+        };
+        let workers: Vec<(String, i64)> = sqlx::query_as(
+            "select heartbeat_at, lease_ttl_ms from workers where stopped_at is null",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut live_workers = 0;
+        for (heartbeat_at, ttl_ms) in workers {
+            let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
+            if after(parse_ts(&heartbeat_at, "heartbeat_at")?, ttl) > now {
+                live_workers += 1;
+            }
+        }
+        Ok(StoreGauges {
+            due_unclaimed,
+            oldest_due_seconds,
+            live_workers,
+        })
+    }
+
+    async fn create_access_token(
+        &self,
+        id: uuid::Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<Option<AccessToken>, StoreError> {
+        let mut w = self.write().await?;
+        let now = ts(w.now);
+        let row = sqlx::query(
+            "insert into access_tokens (id, name, token_hash, created_at) values (?1, ?2, ?3, ?4)
+             on conflict do nothing
+             returning *",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(token_hash)
+        .bind(&now)
+        .fetch_optional(&mut *w.tx)
+        .await?;
+        w.tx.commit().await?;
+        row.as_ref().map(access_token).transpose()
+    }
+
+    async fn replace_access_token(
+        &self,
+        id: uuid::Uuid,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<AccessToken, StoreError> {
+        let mut w = self.write().await?;
+        let now = ts(w.now);
+        sqlx::query(
+            "update access_tokens set revoked_at = ?3
+             where name = ?1 and revoked_at is null
+               and not exists (select 1 from access_tokens t where t.token_hash = ?2)",
+        )
+        .bind(name)
+        .bind(token_hash)
+        .bind(&now)
+        .execute(&mut *w.tx)
+        .await?;
+        sqlx::query(
+            "insert into access_tokens (id, name, token_hash, created_at) values (?1, ?2, ?3, ?4)
+             on conflict do nothing",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(token_hash)
+        .bind(&now)
+        .execute(&mut *w.tx)
+        .await?;
+        let row = sqlx::query("select * from access_tokens where token_hash = ?1")
+            .bind(token_hash)
+            .fetch_one(&mut *w.tx)
+            .await?;
+        w.tx.commit().await?;
+        access_token(&row)
+    }
+
+    async fn access_tokens(&self) -> Result<Vec<AccessToken>, StoreError> {
+        let rows = sqlx::query("select * from access_tokens order by created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(access_token).collect()
+    }
+
+    async fn find_access_token(&self, token_hash: &str) -> Result<Option<AccessToken>, StoreError> {
+        let row = sqlx::query("select * from access_tokens where token_hash = ?1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(access_token).transpose()
+    }
+
+    async fn revoke_access_token(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<AccessToken>, StoreError> {
+        let mut w = self.write().await?;
+        let now = ts(w.now);
+        let row = match uuid::Uuid::parse_str(id_or_name) {
+            Ok(id) => {
+                sqlx::query(
+                    "update access_tokens set revoked_at = coalesce(revoked_at, ?2)
+                     where id = ?1 returning *",
+                )
+                .bind(id)
+                .bind(&now)
+                .fetch_optional(&mut *w.tx)
+                .await?
+            }
+            Err(_) => {
+                sqlx::query(
+                    "update access_tokens set revoked_at = ?2
+                     where name = ?1 and revoked_at is null returning *",
+                )
+                .bind(id_or_name)
+                .bind(&now)
+                .fetch_optional(&mut *w.tx)
+                .await?
+            }
+        };
+        w.tx.commit().await?;
+        row.as_ref().map(access_token).transpose()
     }
 }
 

@@ -16,6 +16,32 @@ use tokio::process::{Child, Command};
 pub mod services;
 pub mod sqlite;
 
+/// The admin token every spawned `kodomasu` gets as `KODOMASU_BOOTSTRAP_TOKEN`.
+pub const ADMIN_TOKEN: &str = "kdm_integration-tests-admin-token-0123456789abcdef";
+
+/// Access settings of spawned `kodomasu` processes: the admin token above, and no MIP-003 rate
+/// limit (the paid-job tests poll `/status` far more than 60 times a minute). Tests of the limit
+/// itself override `KODOMASU_RATE_LIMIT_PER_MINUTE`.
+pub const ACCESS_ENV: [(&str, &str); 2] = [
+    ("KODOMASU_BOOTSTRAP_TOKEN", ADMIN_TOKEN),
+    ("KODOMASU_RATE_LIMIT_PER_MINUTE", "0"),
+];
+
+/// An HTTP client that sends `Authorization: Bearer` [`ADMIN_TOKEN`] with every request.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {ADMIN_TOKEN}"))
+            .expect("the token is a valid header value"),
+    );
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .default_headers(headers)
+        .build()
+        .expect("http client")
+}
+
 /// A database created for one test, dropped at the end unless the test failed.
 pub struct TestDb {
     pub url: String,
@@ -127,6 +153,7 @@ pub fn spawn_worker(db_url: &str, log: PathBuf, lease_ttl: &str) -> anyhow::Resu
             "--skip-migrate",
         ])
         .env("DATABASE_URL", db_url)
+        .envs(ACCESS_ENV)
         .env("RUST_LOG", "info,sqlx=warn")
         .stdout(Stdio::null())
         .stderr(out)
@@ -141,6 +168,7 @@ pub fn spawn_server(db_url: &str, addr: &str, log: PathBuf) -> anyhow::Result<Ch
     let child = Command::new(kodomasu_bin())
         .args(["server", "--listen", addr, "--skip-migrate"])
         .env("DATABASE_URL", db_url)
+        .envs(ACCESS_ENV)
         .stdout(Stdio::null())
         .stderr(out)
         .kill_on_drop(true)

@@ -109,6 +109,7 @@ pub fn spawn_kodomasu(args: &[String], db_url: &str, log: PathBuf) -> anyhow::Re
     let child = Command::new(kodomasu_bin())
         .args(args)
         .env("DATABASE_URL", db_url)
+        .envs(super::ACCESS_ENV)
         .env("RUST_LOG", "info,sqlx=warn")
         .stdout(Stdio::null())
         .stderr(out)
@@ -229,9 +230,7 @@ impl PaidEnv {
         worker_args.extend(services);
         let worker = spawn_kodomasu(&worker_args, &db.url, logs.join("worker.log"))?;
 
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?;
+        let http = super::http_client(Duration::from_secs(30));
         let flows = eventually(
             "the server to list both demo flows",
             Duration::from_secs(30),

@@ -25,6 +25,11 @@ const SCRUBBED_ENV: &[&str] = &[
     "KODOMASU_FLOWS_FILE",
     "KODOMASU_AGENT_IDENTIFIER",
     "KODOMASU_SKIP_MIGRATE",
+    "KODOMASU_BOOTSTRAP_TOKEN",
+    "KODOMASU_RATE_LIMIT_PER_MINUTE",
+    "KODOMASU_CORS_ORIGINS",
+    "KODOMASU_TRUST_FORWARDED_FOR",
+    "KODOMASU_METRICS_LISTEN",
 ];
 
 /// A free local TCP port (bound, then released for the child to bind).
@@ -34,7 +39,8 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Starts `kodomasu <args>` with exactly `env` of the binary's own variables; stderr goes to
+/// Starts `kodomasu <args>` with exactly `env` of the binary's own variables (after
+/// [`super::ACCESS_ENV`], which `env` may override); stderr goes to
 /// `log`, stdout to `log` with the extension `.stdout`. Killed when dropped.
 pub fn spawn_kodomasu(
     args: &[&str],
@@ -49,6 +55,7 @@ pub fn spawn_kodomasu(
         command.env_remove(name);
     }
     command
+        .envs(super::ACCESS_ENV)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_LOG", "info,sqlx=warn,tower_http=warn")
         .stdout(out)
