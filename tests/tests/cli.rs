@@ -5,8 +5,8 @@
 //!   says, on the SQLite journal in the file's data directory), an environment variable
 //!   overrides it, and a flag overrides both;
 //! - `kodomasu workflows list|show|history|signal` against a `kodomasu dev` process: tables,
-//!   `--json`, pause/resume/cancel, the server's `{code, message}` errors, an unreachable
-//!   server, and the token never printed.
+//!   `--json`, pause/resume/cancel, the server's `{code, message}` errors (401 without or with
+//!   a wrong token), an unreachable server, and the token never printed.
 
 mod common;
 
@@ -456,6 +456,19 @@ async fn workflows_commands_against_a_dev_server() -> anyhow::Result<()> {
         .cli(&["signal", &long, "custom", "--payload", "{not json"])
         .await?;
     assert_fails_with(&out, "--payload is not valid JSON");
+
+    // Without a token, or with a wrong one: the server's 401 and a hint; no token printed.
+    let mut command = kodomasu(&["workflows", "list"]);
+    command.env("KODOMASU_SERVER", &dev.base);
+    let out = run(command).await?;
+    assert_fails_with(&out, "401 unauthorized");
+    assert_fails_with(&out, "pass --token or set KODOMASU_TOKEN");
+    let wrong = "kdm_not-a-real-token-0000000000000000000000000";
+    let mut command = kodomasu(&["workflows", "show", &done, "--token", wrong]);
+    command.env("KODOMASU_SERVER", &dev.base);
+    let out = run(command).await?;
+    assert_fails_with(&out, "the token was refused");
+    assert!(!stderr(&out).contains(wrong) && !stdout(&out).contains(wrong));
 
     // An unreachable server says so.
     let closed = free_port()?;

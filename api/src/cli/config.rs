@@ -468,7 +468,33 @@ const DOCS: &[Doc] = &[
     doc("submit_result_within", "services", DURATION, None),
     doc("flow_sync_interval", "services", DURATION, None),
     doc("start_job_timeout", "services", DURATION, None),
-    doc("log_format", "log", "text or json", None),
+    doc("bootstrap_token", "access", "secret", None),
+    doc(
+        "rate_limit_per_minute",
+        "access",
+        "requests per minute per client IP",
+        None,
+    ),
+    doc("trust_forwarded_for", "access", "true/false", None),
+    doc(
+        "cors_origins",
+        "access",
+        "list of origins",
+        Some(r#"["https://ops.example"]"#),
+    ),
+    doc(
+        "metrics_listen",
+        "metrics",
+        "address host:port",
+        Some("0.0.0.0:9464"),
+    ),
+    doc(
+        "otel_exporter_otlp_endpoint",
+        "log",
+        "URL",
+        Some("http://collector:4318"),
+    ),
+    doc("log_format", "log", "", None),
     doc("server", "client", "URL", None),
     doc("token", "client", "secret", Some("kdm_…")),
     doc("masumi_sim_listen", "simulators", "address host:port", None),
@@ -492,7 +518,15 @@ const SECTIONS: &[(&str, &str)] = &[
         "services",
         "Masumi and Kodosumi (`kodomasu server`, `worker`, `dev`). Without both URLs paid jobs are off;\n`kodomasu dev` then runs its own simulators of both.",
     ),
-    ("log", "Logs (every command)."),
+    (
+        "access",
+        "Who may call what (`kodomasu server`, `dev`): admin tokens, the MIP-003 rate limit, CORS.",
+    ),
+    (
+        "metrics",
+        "Prometheus metrics of a separate `kodomasu worker` (the server serves /metrics on its own port).",
+    ),
+    ("log", "Logs and traces (every command)."),
     (
         "client",
         "The operators' commands (`kodomasu workflows …`): which server and which token.",
@@ -721,6 +755,8 @@ fn render_option(
         None => {
             let shown = match (&info.default, example) {
                 (Some(d), _) if !info.secret => literal(d, info.bool_flag),
+                // An example that is already a TOML array stays as it is.
+                (_, Some(example)) if example.starts_with('[') => example.to_owned(),
                 (_, Some(example)) => literal(example, false),
                 _ => "\"\"".to_owned(),
             };
@@ -825,6 +861,29 @@ mod tests {
         assert!(!db.skip_migrate);
         let e = file("skip_migrate = \"yes\"").expect_err("not a bool");
         assert!(e.to_string().contains("true or false"), "{e}");
+    }
+
+    #[test]
+    fn arrays_become_lists() {
+        let cli = parse_with(
+            "[access]\ncors_origins = [\"https://a.example\", \"https://b.example\"]",
+            &["kodomasu", "server"],
+        );
+        let C::Server { server, .. } = &cli.command else {
+            panic!("server")
+        };
+        assert_eq!(
+            server.cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        let cli = parse_with(
+            "cors_origins = [\"https://a.example\"]",
+            &["kodomasu", "server", "--cors-origin", "https://c.example"],
+        );
+        let C::Server { server, .. } = &cli.command else {
+            panic!("server")
+        };
+        assert_eq!(server.cors_origins, ["https://c.example"]);
     }
 
     #[test]
