@@ -3,14 +3,20 @@
 
 pub mod bench;
 pub mod error;
+pub mod filter;
 pub mod flows;
+pub mod live;
+pub mod openapi;
+pub mod operations;
 pub mod paid;
 pub mod routes;
 pub mod settings;
 
-use axum::Router;
+use axum::{Extension, Router};
 use engine::Engine;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
 pub use paid::PaidJobs;
@@ -26,32 +32,79 @@ pub struct AppState {
     pub paid: Option<Arc<PaidJobs>>,
 }
 
-/// The whole HTTP application.
+/// The background parts of the admin API: the live-event hub and bulk operations, on one task
+/// tracker, stopped by one token.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub live: live::Live,
+    pub operations: operations::Operations,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Admin {
+    /// Background parts whose tasks stop (and whose event streams end) when `shutdown` fires.
+    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> Self {
+        let tracker = TaskTracker::new();
+        Self {
+            live: live::Live::new(engine.clone(), tracker.clone(), shutdown.clone()),
+            operations: operations::Operations::new(engine, tracker.clone(), shutdown.clone()),
+            tracker,
+            shutdown,
+        }
+    }
+
+    /// Stops the background tasks and waits for them.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// The whole HTTP application, with background parts that stop only with the process; servers
+/// use [`app`] (as [`serve`] does) to stop them with the server.
 pub fn router(state: AppState) -> Router {
+    let admin = Admin::new(state.engine.clone(), CancellationToken::new());
+    app(state, &admin)
+}
+
+/// The whole HTTP application over `admin`'s background parts.
+pub fn app(state: AppState, admin: &Admin) -> Router {
     Router::new()
         .merge(routes::health::router())
         .merge(routes::mip003::router())
+        .merge(openapi::router())
         .nest(
             "/api/v1",
-            routes::workflows::router().merge(routes::workers::router()),
+            routes::workflows::router()
+                .merge(routes::workers::router())
+                .merge(routes::admin::router())
+                .merge(live::router()),
         )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(Extension(admin.live.clone()))
+        .layer(Extension(admin.operations.clone()))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` fires, then finishes in-flight requests.
+/// Serves the application on `listener` until `shutdown` fires, then ends live streams and bulk
+/// operations and finishes in-flight requests.
 ///
 /// # Errors
 /// When the listener fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let admin = Admin::new(state.engine.clone(), shutdown.child_token());
+    let result = axum::serve(listener, app(state, &admin))
         .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .await;
+    admin.stop().await;
+    result
 }
