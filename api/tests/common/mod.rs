@@ -24,6 +24,8 @@ pub struct TestApp {
     pub pool: PgPool,
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
+    /// Paid jobs' services, when the app was spawned with them ([`TestApp::spawn_with`]).
+    pub paid: Option<Arc<api::PaidJobs>>,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     worker: Option<WorkerHandle>,
@@ -89,9 +91,15 @@ impl Reply {
 impl TestApp {
     /// Migrates the test database and serves the API on 127.0.0.1:0.
     pub async fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with(pool, None).await
+    }
+
+    /// [`TestApp::spawn`] with paid jobs' services (their workflows and activities registered).
+    pub async fn spawn_with(pool: PgPool, paid: Option<Arc<api::PaidJobs>>) -> Self {
         let store: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone()));
         store.migrate().await.expect("migrations apply");
-        let engine = Arc::new(Engine::new(store.clone(), workflows::registry(None)));
+        let registry = workflows::registry(paid.as_ref().map(|p| &p.services));
+        let engine = Arc::new(Engine::new(store.clone(), registry));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
@@ -99,7 +107,10 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(api::serve(
             listener,
-            api::AppState { engine, paid: None },
+            api::AppState {
+                engine,
+                paid: paid.clone(),
+            },
             shutdown.clone(),
         ));
         let client = reqwest::Client::builder()
@@ -111,6 +122,7 @@ impl TestApp {
             pool,
             client,
             store,
+            paid,
             _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
             server,
@@ -123,7 +135,7 @@ impl TestApp {
         assert!(self.worker.is_none(), "a worker is already running");
         let worker = Worker::new(
             self.store.clone(),
-            workflows::registry(None),
+            workflows::registry(self.paid.as_ref().map(|p| &p.services)),
             WorkerConfig {
                 lease_ttl: Duration::from_secs(2),
                 heartbeat_interval: Duration::from_millis(500),
@@ -166,11 +178,11 @@ impl TestApp {
             .expect("server ends without error");
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }
 
-    async fn read(resp: reqwest::Response) -> Reply {
+    pub async fn read(resp: reqwest::Response) -> Reply {
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.expect("read response body");
