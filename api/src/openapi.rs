@@ -90,8 +90,8 @@ pub enum StatusName {
 pub struct HistoryDoc {
     #[schema(format = Uuid)]
     id: String,
-    /// `{seq, kind, created_at, ...}`: the kind's fields (`state`, `pending`, `cause`,
-    /// `status` of a `transitioned` event; `output` of `completed`; ...).
+    /// `{seq, kind, payload, created_at}`; `payload` holds the kind's fields (`state`,
+    /// `pending`, `cause`, `status` of a `transitioned` event; `output` of `completed`; ...).
     events: Vec<Value>,
 }
 

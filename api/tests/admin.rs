@@ -253,6 +253,12 @@ async fn the_timeline_follows_the_state_machine(pool: PgPool) {
     let timeline = body["timeline"].as_array().expect("timeline");
     let events = history["events"].as_array().expect("events");
     assert_eq!(timeline.len(), events.len(), "one entry per event");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "transitioned" && e["payload"]["state"]["state"] == "done"),
+        "history events carry their payload: {events:?}"
+    );
     for (entry, event) in timeline.iter().zip(events) {
         assert_eq!(entry["seq"], event["seq"]);
         assert_eq!(entry["kind"], event["kind"]);

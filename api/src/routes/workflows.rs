@@ -290,14 +290,14 @@ pub struct HistoryParams {
     limit: Option<i64>,
 }
 
-/// The journal: every event, oldest first (`{seq, kind, created_at, ...payload}`).
+/// The journal: every event, oldest first (`{seq, kind, payload, created_at}`).
 #[utoipa::path(
     get,
     path = "/api/v1/workflows/{id}/history",
     tag = "workflows",
     params(("id" = String, Path, description = "Workflow id (UUID)"), HistoryParams),
     responses(
-        (status = 200, description = "`{id, events: [{seq, kind, created_at, ...}]}`", body = crate::openapi::HistoryDoc),
+        (status = 200, description = "`{id, events: [{seq, kind, payload, created_at}]}`", body = crate::openapi::HistoryDoc),
         (status = 404, description = "No such workflow", body = ErrorBody),
     )
 )]
@@ -311,6 +311,22 @@ pub(crate) async fn history(
         .engine
         .history(id, p.after.unwrap_or(0), p.limit.unwrap_or(1000))
         .await?;
+    let events: Vec<Value> = events
+        .into_iter()
+        .map(|e| {
+            // The kind's fields, without the `kind` tag itself.
+            let mut payload = serde_json::to_value(&e.kind).unwrap_or(Value::Null);
+            if let Some(fields) = payload.as_object_mut() {
+                fields.remove("kind");
+            }
+            json!({
+                "seq": e.seq,
+                "kind": e.kind.name(),
+                "payload": payload,
+                "created_at": e.created_at,
+            })
+        })
+        .collect();
     Ok(Json(json!({ "id": id, "events": events })))
 }
 
