@@ -45,9 +45,23 @@ pub struct Admin {
 impl Admin {
     /// Background parts whose tasks stop (and whose event streams end) when `shutdown` fires.
     pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> Self {
+        Self::with_keep_alive(engine, shutdown, live::KEEP_ALIVE)
+    }
+
+    /// [`Admin::new`] with another interval of the event streams' keep-alive comments.
+    pub fn with_keep_alive(
+        engine: Arc<Engine>,
+        shutdown: CancellationToken,
+        keep_alive: std::time::Duration,
+    ) -> Self {
         let tracker = TaskTracker::new();
         Self {
-            live: live::Live::new(engine.clone(), tracker.clone(), shutdown.clone()),
+            live: live::Live::with_keep_alive(
+                engine.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+                keep_alive,
+            ),
             operations: operations::Operations::new(engine, tracker.clone(), shutdown.clone()),
             tracker,
             shutdown,

@@ -111,6 +111,11 @@ impl Live {
         }
     }
 
+    /// How many event streams are open.
+    pub fn open_streams(&self) -> usize {
+        self.hub.tx.receiver_count()
+    }
+
     /// Subscribes a stream: its receiver, then the hub is woken (and started the first time).
     fn subscribe(&self) -> broadcast::Receiver<HubMsg> {
         let rx = self.hub.tx.subscribe();

@@ -9,7 +9,7 @@ use crate::AppState;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
@@ -58,7 +58,7 @@ use utoipa_swagger_ui::{Config, SwaggerUi};
 )]
 pub struct ApiDoc;
 
-/// Declares the bearer token the admin API takes.
+/// Declares the bearer token the admin API (every path under `/api/v1`) takes.
 #[derive(Debug)]
 struct BearerAuth;
 
@@ -69,6 +69,25 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/api/v1/") {
+                continue;
+            }
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+            }
+        }
     }
 }
 

@@ -919,6 +919,16 @@ async fn openapi_lists_the_api_and_docs_are_served_offline(pool: PgPool) {
     assert!(paths["/api/v1/workflows"]["get"].is_object());
     assert!(paths["/api/v1/workflows"]["post"].is_object());
     assert!(doc["components"]["schemas"]["WorkflowView"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert_eq!(
+        paths["/api/v1/workflows"]["get"]["security"],
+        json!([{"bearer": []}]),
+        "the admin API takes a bearer token"
+    );
+    assert!(
+        paths["/health"]["get"].get("security").is_none(),
+        "health is public"
+    );
 
     // The docs page and every file it loads come from the binary; nothing from elsewhere.
     let resp = app
@@ -963,4 +973,68 @@ async fn openapi_lists_the_api_and_docs_are_served_offline(pool: PgPool) {
         "{init}"
     );
     app.stop().await;
+}
+
+/// Keep-alive comments flow on an idle stream, and a stream ends when its client goes away.
+#[sqlx::test(migrations = false)]
+async fn idle_streams_get_keep_alives_and_end_when_the_client_leaves(pool: PgPool) {
+    use engine::Store;
+    let store: Arc<dyn Store> = Arc::new(engine::PgStore::new(pool));
+    store.migrate().await.expect("migrations apply");
+    let engine = Arc::new(engine::Engine::new(store, workflows::registry(None)));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let admin = api::Admin::with_keep_alive(
+        engine.clone(),
+        shutdown.child_token(),
+        Duration::from_millis(100),
+    );
+    let app = api::app(api::AppState { engine, paid: None }, &admin);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let mut server = tokio::task::JoinSet::new();
+    server.spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    let client = reqwest::Client::new();
+    let open = || client.get(format!("{base}/api/v1/events")).send();
+    let mut first = open().await.expect("stream opens");
+    let second = open().await.expect("stream opens");
+    let mut text = String::new();
+    while text.matches("\n\n").count() < 3 {
+        let chunk = tokio::time::timeout(WAIT, first.chunk())
+            .await
+            .expect("a keep-alive in time")
+            .expect("reads")
+            .expect("open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.split("\n\n")
+            .take(3)
+            .all(|block| block.starts_with(':')),
+        "keep-alive comments only: {text:?}"
+    );
+    assert_eq!(admin.live.open_streams(), 2);
+    drop(second);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while admin.live.open_streams() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the left stream still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first);
+    shutdown.cancel();
+    admin.stop().await;
+    tokio::time::timeout(WAIT, server.join_next())
+        .await
+        .expect("the server stops")
+        .expect("joined")
+        .expect("server task")
+        .expect("server ends cleanly");
 }
