@@ -265,8 +265,14 @@ impl Store for PgStore {
     }
 
     async fn read_feed(&self, q: &FeedQuery) -> Result<FeedRead, StoreError> {
-        // One statement, so the snapshot it reports is the one its rows were read in.
-        let rows = sqlx::query(
+        // One statement, so the snapshot it reports is the one its rows were read in. Two
+        // shapes, so each has a plan of its own (one workflow: its primary key; all: `gid`).
+        let workflow = if q.workflow.is_some() {
+            "and ev.workflow_id = $3"
+        } else {
+            "and $3::uuid is null"
+        };
+        let sql = format!(
             "with snap as materialized (select pg_current_snapshot()::text as snapshot)
              select snap.snapshot, e.gid, e.workflow_id, w.workflow_type, e.seq, e.kind,
                     case when e.kind = 'transitioned' then e.payload ->> 'status' end as status,
@@ -275,20 +281,20 @@ impl Store for PgStore {
              left join lateral (
                 select ev.gid, ev.workflow_id, ev.seq, ev.kind, ev.payload, ev.created_at
                 from kodomasu.events ev
-                where ev.gid > $1 and ($2::bigint is null or ev.gid <= $2)
-                  and ($3::uuid is null or ev.workflow_id = $3)
+                where ev.gid > $1 and ($2::bigint is null or ev.gid <= $2) {workflow}
                 order by ev.gid
                 limit $4
              ) e on true
              left join kodomasu.workflows w on w.id = e.workflow_id
-             order by e.gid",
-        )
-        .bind(q.after)
-        .bind(q.upto)
-        .bind(q.workflow)
-        .bind(q.limit)
-        .fetch_all(&self.pool)
-        .await?;
+             order by e.gid"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(q.after)
+            .bind(q.upto)
+            .bind(q.workflow)
+            .bind(q.limit)
+            .fetch_all(&self.pool)
+            .await?;
         let snapshot: Option<String> = match rows.first() {
             Some(r) => r.try_get("snapshot")?,
             None => None,

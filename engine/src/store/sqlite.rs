@@ -452,21 +452,28 @@ impl Store for SqliteStore {
 
     async fn read_feed(&self, q: &FeedQuery) -> Result<FeedRead, StoreError> {
         // One writer at a time: ids become visible in order, a gap is never filled later.
-        let rows = sqlx::query(
+        // Two shapes, so one workflow's events are found by its index, not a scan of `gid`.
+        let workflow = if q.workflow.is_some() {
+            "and e.workflow_id = ?3"
+        } else {
+            "and ?3 is null"
+        };
+        let sql = format!(
             "select e.gid, e.workflow_id, w.workflow_type, e.seq, e.kind,
                     case when e.kind = 'transitioned' then json_extract(e.payload, '$.status') end as status,
                     e.created_at
              from events e join workflows w on w.id = e.workflow_id
-             where e.gid > ?1 and (?2 is null or e.gid <= ?2) and (?3 is null or e.workflow_id = ?3)
+             where e.gid > ?1 and (?2 is null or e.gid <= ?2) {workflow}
              order by e.gid
-             limit ?4",
-        )
-        .bind(q.after)
-        .bind(q.upto)
-        .bind(q.workflow)
-        .bind(q.limit)
-        .fetch_all(&self.pool)
-        .await?;
+             limit ?4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(q.after)
+            .bind(q.upto)
+            .bind(q.workflow)
+            .bind(q.limit)
+            .fetch_all(&self.pool)
+            .await?;
         let events = rows
             .iter()
             .map(|r| {
