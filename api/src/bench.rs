@@ -744,6 +744,27 @@ impl Store for Observed {
         self.inner.list_workflows(filter).await
     }
 
+    async fn count_workflows(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<engine::store::StatusCounts, StoreError> {
+        bump(&self.tracker.counters.reads, 1);
+        self.inner.count_workflows(filter).await
+    }
+
+    async fn read_feed(
+        &self,
+        query: &engine::store::FeedQuery,
+    ) -> Result<engine::store::FeedRead, StoreError> {
+        bump(&self.tracker.counters.reads, 1);
+        self.inner.read_feed(query).await
+    }
+
+    async fn feed_head(&self) -> Result<engine::store::FeedHead, StoreError> {
+        bump(&self.tracker.counters.reads, 1);
+        self.inner.feed_head().await
+    }
+
     async fn history(
         &self,
         id: WorkflowId,
