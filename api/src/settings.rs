@@ -53,7 +53,8 @@ pub enum Command {
     #[command(subcommand)]
     Sim(SimCommand),
     /// Measure throughput, latency and database commits against the database's own commit
-    /// ceiling (`kodomasu bench`), or the idle cost of workers (`kodomasu bench idle`).
+    /// ceiling (`kodomasu bench`), the idle cost of workers (`kodomasu bench idle`), or how fast
+    /// a killed worker's workflows move again (`kodomasu bench recovery`).
     Bench(crate::bench::BenchArgs),
 }
 
