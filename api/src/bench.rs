@@ -972,6 +972,8 @@ async fn paid_wiring(
         submit_result_within: Duration::from_secs(24 * 3600),
         flow_sync_interval: Duration::from_secs(300),
         start_job_timeout: Duration::from_secs(30),
+        service_timeout: Duration::from_secs(30),
+        result_fetch_timeout: Duration::from_secs(620),
     };
     let paid = PaidJobs::from_args(&services)?.context("paid jobs are configured")?;
     paid.catalog
