@@ -537,6 +537,8 @@ async fn paid_jobs(
         submit_result_within: Duration::from_secs(7200),
         flow_sync_interval: Duration::from_secs(300),
         start_job_timeout: Duration::from_secs(20),
+        service_timeout: Duration::from_secs(30),
+        result_fetch_timeout: Duration::from_secs(620),
     };
     let paid = api::PaidJobs::from_args(&args)
         .expect("valid service settings")
