@@ -51,6 +51,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use workflows::paid_job::{PaidJob, PaidJobInput};
 
+pub mod recovery;
+
 /// The local server `scripts/test.sh` and the README use.
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// A workflow that has not finished after this long stops the run.
@@ -73,6 +75,8 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Queries per second that idle worker processes send to the database.
     Idle(IdleArgs),
+    /// Time from SIGKILL of a worker process to the next transition of each workflow it held.
+    Recovery(recovery::RecoveryArgs),
 }
 
 /// Where the benchmark runs and how it reports.
@@ -179,17 +183,22 @@ pub struct IdleArgs {
 pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let common = match &args.command {
         Some(BenchCommand::Idle(idle)) => idle.common.clone(),
+        Some(BenchCommand::Recovery(r)) => r.common.clone(),
         None => args.run.common.clone(),
     };
     let scratch = Scratch::create(&common.database_url).await?;
-    let result = tokio::select! {
-        r = async {
-            match &args.command {
-                Some(BenchCommand::Idle(idle)) => run_idle(&scratch, idle).await,
-                None => run_workloads(&scratch, &args.run).await,
-            }
-        } => r,
-        _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    let result = match &args.command {
+        // Watches `shutdown` itself, so its worker processes are reaped on every path.
+        Some(BenchCommand::Recovery(r)) => recovery::run(&scratch, r, &shutdown).await,
+        _ => tokio::select! {
+            r = async {
+                match &args.command {
+                    Some(BenchCommand::Idle(idle)) => run_idle(&scratch, idle).await,
+                    _ => run_workloads(&scratch, &args.run).await,
+                }
+            } => r,
+            _ = shutdown.cancelled() => Err(anyhow::anyhow!("interrupted")),
+        },
     };
     if common.keep {
         eprintln!("kept the scratch database: {}", redact(&scratch.url));
@@ -744,6 +753,27 @@ impl Store for Observed {
         self.inner.list_workflows(filter).await
     }
 
+    async fn count_workflows(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<engine::store::StatusCounts, StoreError> {
+        bump(&self.tracker.counters.reads, 1);
+        self.inner.count_workflows(filter).await
+    }
+
+    async fn read_feed(
+        &self,
+        query: &engine::store::FeedQuery,
+    ) -> Result<engine::store::FeedRead, StoreError> {
+        bump(&self.tracker.counters.reads, 1);
+        self.inner.read_feed(query).await
+    }
+
+    async fn feed_head(&self) -> Result<engine::store::FeedHead, StoreError> {
+        bump(&self.tracker.counters.reads, 1);
+        self.inner.feed_head().await
+    }
+
     async fn history(
         &self,
         id: WorkflowId,
@@ -1045,6 +1075,8 @@ async fn paid_wiring(
         submit_result_within: Duration::from_secs(24 * 3600),
         flow_sync_interval: Duration::from_secs(300),
         start_job_timeout: Duration::from_secs(30),
+        service_timeout: Duration::from_secs(30),
+        result_fetch_timeout: Duration::from_secs(620),
     };
     let paid = PaidJobs::from_args(&services)?.context("paid jobs are configured")?;
     paid.catalog

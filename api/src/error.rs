@@ -17,6 +17,15 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The body of every error answer (for the OpenAPI document).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code, e.g. `invalid_query`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     code: &'a str,

@@ -5,17 +5,23 @@ pub mod access;
 pub mod bench;
 pub mod cli;
 pub mod error;
+pub mod filter;
 pub mod flows;
+pub mod live;
 pub mod metrics;
+pub mod openapi;
+pub mod operations;
 pub mod paid;
 pub mod routes;
 pub mod settings;
 pub mod telemetry;
 
-use axum::Router;
 use axum::middleware::{from_fn, from_fn_with_state};
+use axum::{Extension, Router};
 use engine::Engine;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
 pub use paid::PaidJobs;
@@ -53,8 +59,59 @@ impl AppState {
     }
 }
 
-/// The whole HTTP application.
+/// The background parts of the admin API: the live-event hub and bulk operations, on one task
+/// tracker, stopped by one token.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub live: live::Live,
+    pub operations: operations::Operations,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Admin {
+    /// Background parts whose tasks stop (and whose event streams end) when `shutdown` fires.
+    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> Self {
+        Self::with_keep_alive(engine, shutdown, live::KEEP_ALIVE)
+    }
+
+    /// [`Admin::new`] with another interval of the event streams' keep-alive comments.
+    pub fn with_keep_alive(
+        engine: Arc<Engine>,
+        shutdown: CancellationToken,
+        keep_alive: std::time::Duration,
+    ) -> Self {
+        let tracker = TaskTracker::new();
+        Self {
+            live: live::Live::with_keep_alive(
+                engine.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+                keep_alive,
+            ),
+            operations: operations::Operations::new(engine, tracker.clone(), shutdown.clone()),
+            tracker,
+            shutdown,
+        }
+    }
+
+    /// Stops the background tasks and waits for them.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// The whole HTTP application, with background parts that stop only with the process; servers
+/// use [`app`] (as [`serve`] does) to stop them with the server.
 pub fn router(state: AppState) -> Router {
+    let admin = Admin::new(state.engine.clone(), CancellationToken::new());
+    app(state, &admin)
+}
+
+/// The whole HTTP application over `admin`'s background parts.
+pub fn app(state: AppState, admin: &Admin) -> Router {
     let access = state.access.clone();
     let mut mip003 = routes::mip003::router();
     if access.config().rate_limit_per_minute > 0 {
@@ -65,13 +122,19 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::dashboard::router())
         .merge(metrics::router())
         .merge(access::router())
+        .merge(openapi::router())
         .merge(mip003)
         .nest(
             "/api/v1",
-            routes::workflows::router().merge(routes::workers::router()),
+            routes::workflows::router()
+                .merge(routes::workers::router())
+                .merge(routes::admin::router())
+                .merge(live::router()),
         )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(Extension(admin.live.clone()))
+        .layer(Extension(admin.operations.clone()))
         // `Router::layer`: each runs after routing, so the matched route is known; the last
         // added runs first.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -90,17 +153,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` fires, then finishes in-flight requests.
+/// Serves the application on `listener` until `shutdown` fires, then ends live streams and bulk
+/// operations and finishes in-flight requests.
 ///
 /// # Errors
 /// When the listener fails.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
+    let admin = Admin::new(state.engine.clone(), shutdown.child_token());
+    let app = app(state, &admin).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .await;
+    admin.stop().await;
+    result
 }

@@ -53,14 +53,15 @@ impl PaidJobs {
         let network = parse_network(&args.network)?;
         let masumi = MasumiClient::new(MasumiConfig {
             network,
+            timeout: args.service_timeout,
             ..MasumiConfig::new(masumi_url, token)
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let kodosumi = KodosumiClient::new(KodosumiConfig::new(
-            kodosumi_url,
-            args.kodosumi_user.clone(),
-            password,
-        ))
+        let kodosumi = KodosumiClient::new(KodosumiConfig {
+            timeout: args.service_timeout,
+            raw_timeout: args.result_fetch_timeout,
+            ..KodosumiConfig::new(kodosumi_url, args.kodosumi_user.clone(), password)
+        })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         let base = FlowSettings {
             agent_identifier: args.agent_identifier.clone(),

@@ -67,7 +67,8 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Measure throughput, latency and database commits against the database's own commit
-    /// ceiling (`kodomasu bench`), or the idle cost of workers (`kodomasu bench idle`).
+    /// ceiling (`kodomasu bench`), the idle cost of workers (`kodomasu bench idle`), or how fast
+    /// a killed worker's workflows move again (`kodomasu bench recovery`).
     Bench(crate::bench::BenchArgs),
     /// Operators' commands against a running server: list, show, history, signal.
     Workflows(crate::cli::WorkflowsArgs),
@@ -304,6 +305,14 @@ pub struct ServiceArgs {
     /// How long start_job waits for the payment request before it answers 504.
     #[arg(long, env = "KODOMASU_START_JOB_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub start_job_timeout: Duration,
+    /// Limit of each HTTP request to Masumi and Kodosumi, connect included. A request that
+    /// hangs fails retryably after it (an ambiguous failure the activities resolve).
+    #[arg(long, env = "KODOMASU_SERVICE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub service_timeout: Duration,
+    /// Limit of a Kodosumi result fetch (`GET /outputs/raw/{fid}`, which the panel holds open
+    /// up to 600 s for a run it does not know).
+    #[arg(long, env = "KODOMASU_RESULT_FETCH_TIMEOUT", default_value = "620s", value_parser = humantime::parse_duration)]
+    pub result_fetch_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -2,18 +2,38 @@
 //! and a store can do this; no worker is involved.
 
 use crate::driver::Draft;
+use crate::journal::FeedEvent;
 use crate::journal::{
     ActivityAttempt, Cause, Event, EventKind, Pending, Status, WaitingOn, WorkerRecord,
     WorkflowRecord,
 };
 use crate::registry::Registry;
 use crate::signal::SignalName;
-use crate::store::{ListFilter, NewWorkflow, Store, StoreError};
+use crate::store::{FeedQuery, ListFilter, NewWorkflow, Search, Store, StoreError};
 use crate::worker::{LocalDispatch, Reservation};
 use crate::workflow::{WorkflowError, signal_value};
 use crate::{EngineError, Result, Worker, WorkflowId};
 use serde::Serialize;
 use std::sync::Arc;
+
+/// Longest accepted [`crate::Workflow::tag`], in bytes.
+pub const MAX_TAG_LEN: usize = 256;
+
+fn filter(query: ListQuery) -> ListFilter {
+    ListFilter {
+        status: query.status,
+        workflow_type: query.workflow_type,
+        tag: query.tag,
+        created_after: query.created_after,
+        created_before: query.created_before,
+        search: query
+            .search
+            .filter(|s| !s.is_empty())
+            .map(|s| Search::new(&s)),
+        limit: query.limit.unwrap_or(50).clamp(1, 500),
+        cursor: query.cursor,
+    }
+}
 
 /// Starts, signals and queries workflows.
 #[derive(Debug, Clone)]
@@ -47,11 +67,19 @@ pub struct WorkflowDetail {
     pub waiting_on: WaitingOn,
 }
 
-/// Filters of [`Engine::list`].
+/// Filters of [`Engine::list`] and [`Engine::count`]; every set field must match.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub status: Option<Status>,
     pub workflow_type: Option<String>,
+    /// Exactly this [`crate::Workflow::tag`].
+    pub tag: Option<String>,
+    /// Created at or after this time.
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Created before this time.
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Key contains it (ASCII case-insensitive) or id starts with it; see [`Search`].
+    pub search: Option<String>,
     /// Page size; clamped to 1..=500, default 50.
     pub limit: Option<i64>,
     /// The last id of the previous page.
@@ -116,6 +144,15 @@ impl Engine {
             message,
         };
         workflow.decode_input(&input).map_err(invalid)?;
+        let tag = workflow.tag(&input);
+        if tag
+            .as_deref()
+            .is_some_and(|t| t.len() > MAX_TAG_LEN || t.contains('\0'))
+        {
+            return Err(invalid(format!(
+                "its tag must be at most {MAX_TAG_LEN} bytes without NUL characters"
+            )));
+        }
         let transition = workflow.start(input.clone()).map_err(invalid)?;
 
         let id = WorkflowId::new();
@@ -142,6 +179,7 @@ impl Engine {
             id,
             workflow_type: workflow_type.to_owned(),
             key,
+            tag,
             input,
             status: draft.status,
             state: draft.state,
@@ -249,13 +287,48 @@ impl Engine {
     /// # Errors
     /// A store error.
     pub async fn list(&self, query: ListQuery) -> Result<Vec<WorkflowRecord>> {
-        let filter = ListFilter {
-            status: query.status,
-            workflow_type: query.workflow_type,
-            limit: query.limit.unwrap_or(50).clamp(1, 500),
-            cursor: query.cursor,
-        };
-        Ok(self.store.list_workflows(&filter).await?)
+        Ok(self.store.list_workflows(&filter(query)).await?)
+    }
+
+    /// How many workflows match `query` per status (its `status`, `limit` and `cursor` are
+    /// ignored); every status is listed, with 0 when none has it.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn count(&self, query: ListQuery) -> Result<Vec<(Status, i64)>> {
+        let counts = self.store.count_workflows(&filter(query)).await?;
+        Ok(Status::ALL
+            .into_iter()
+            .map(|s| {
+                let n = counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
+                (s, n)
+            })
+            .collect())
+    }
+
+    /// Events of the global feed with `after < gid <= upto`, of one workflow or all, oldest
+    /// first, at most `limit` (clamped to 1..=1000). Complete only up to a position an
+    /// [`crate::EventFeed`] reported as settled.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn feed_events(
+        &self,
+        after: i64,
+        upto: i64,
+        workflow: Option<WorkflowId>,
+        limit: i64,
+    ) -> Result<Vec<FeedEvent>> {
+        let read = self
+            .store
+            .read_feed(&FeedQuery {
+                after,
+                upto: Some(upto),
+                workflow,
+                limit: limit.clamp(1, 1000),
+            })
+            .await?;
+        Ok(read.events)
     }
 
     /// The journal of a workflow after `after_seq`, oldest first.

@@ -268,6 +268,9 @@ pub struct WorkflowRecord {
     pub id: WorkflowId,
     pub workflow_type: String,
     pub key: Option<String>,
+    /// The label the workflow type gave it at start ([`crate::Workflow::tag`]).
+    #[serde(default)]
+    pub tag: Option<String>,
     pub status: Status,
     pub input: serde_json::Value,
     pub state: serde_json::Value,
@@ -317,6 +320,38 @@ impl WorkflowRecord {
             Pending::Timer { due_at } => WaitingOn::Timer { due_at: *due_at },
             Pending::Signal => WaitingOn::Signal,
             Pending::Nothing => WaitingOn::Nothing,
+        }
+    }
+}
+
+/// One event of the global feed: which workflow, which journal entry, and the status it set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedEvent {
+    /// The global position of the event (increasing across all workflows).
+    pub gid: i64,
+    pub workflow_id: WorkflowId,
+    pub workflow_type: String,
+    /// The event's seq in its workflow's journal.
+    pub seq: i64,
+    /// The event kind ([`EventKind::name`]).
+    pub kind: String,
+    /// The status this event sets; `None` for events that leave it unchanged (activity and
+    /// signal events).
+    pub status: Option<Status>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl FeedEvent {
+    /// The status an event of `kind` sets; `transitioned` carries it (`transitioned_status`).
+    pub fn status_of(kind: &str, transitioned_status: Option<&str>) -> Option<Status> {
+        match kind {
+            "transitioned" => transitioned_status.and_then(Status::parse),
+            "started" | "resumed" => Some(Status::Running),
+            "paused" => Some(Status::Paused),
+            "completed" => Some(Status::Completed),
+            "failed" => Some(Status::Failed),
+            "cancelled" => Some(Status::Cancelled),
+            _ => None,
         }
     }
 }

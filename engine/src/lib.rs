@@ -21,6 +21,7 @@ mod clock;
 mod driver;
 mod engine;
 mod error;
+mod feed;
 mod ids;
 mod journal;
 pub mod metrics;
@@ -32,12 +33,13 @@ mod worker;
 mod workflow;
 
 pub use activity::{Activity, ActivityContext, ActivityError, ActivityOptions, RetryPolicy};
-pub use engine::{Engine, ListQuery, SignalAccepted, Started, WorkflowDetail};
+pub use engine::{Engine, ListQuery, MAX_TAG_LEN, SignalAccepted, Started, WorkflowDetail};
 pub use error::{EngineError, Result};
+pub use feed::{EventFeed, MAX_GAP_WAIT};
 pub use ids::{WorkerId, WorkflowId};
 pub use journal::{
-    ActivityAttempt, AttemptOutcome, Cause, Event, EventKind, Pending, PendingActivity, Status,
-    WaitingOn, WorkerRecord, WorkflowRecord,
+    ActivityAttempt, AttemptOutcome, Cause, Event, EventKind, FeedEvent, Pending, PendingActivity,
+    Status, WaitingOn, WorkerRecord, WorkflowRecord,
 };
 pub use registry::Registry;
 pub use retry::backoff_delay;

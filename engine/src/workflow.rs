@@ -31,6 +31,13 @@ pub trait Workflow: Send + Sync + 'static {
     /// The first transition.
     fn start(&self, input: Self::Input) -> Transition<Self::State, Self::Output>;
 
+    /// An optional label stored with the workflow at start, for filtering lists (e.g. the group
+    /// or tenant a workflow belongs to). At most 256 bytes; set once, never changed.
+    fn tag(&self, input: &Self::Input) -> Option<String> {
+        let _ = input;
+        None
+    }
+
     /// An activity call finished: its output, or its final error after retries.
     fn on_activity(
         &self,
@@ -213,6 +220,7 @@ pub(crate) struct ErasedTransition {
 pub(crate) trait ErasedWorkflow: Send + Sync {
     fn decode_input(&self, input: &serde_json::Value) -> Result<(), String>;
     fn start(&self, input: serde_json::Value) -> Result<ErasedTransition, String>;
+    fn tag(&self, input: &serde_json::Value) -> Option<String>;
     fn on_activity(
         &self,
         state: serde_json::Value,
@@ -276,6 +284,11 @@ impl<W: Workflow> ErasedWorkflow for WorkflowAdapter<W> {
     fn start(&self, input: serde_json::Value) -> Result<ErasedTransition, String> {
         let input: W::Input = serde_json::from_value(input).map_err(|e| e.to_string())?;
         Self::erase(self.0.start(input)).map_err(|e| e.message)
+    }
+
+    fn tag(&self, input: &serde_json::Value) -> Option<String> {
+        let input = W::Input::deserialize(input).ok()?;
+        self.0.tag(&input)
     }
 
     fn on_activity(

@@ -560,6 +560,11 @@ impl Workflow for PaidJob {
     type Output = PaidJobOutput;
     type Signal = PaidJobSignal;
 
+    /// Jobs are tagged with their flow's uid, so lists can be filtered by flow.
+    fn tag(&self, job: &PaidJobInput) -> Option<String> {
+        Some(job.flow_uid.clone())
+    }
+
     fn start(&self, job: PaidJobInput) -> Step {
         let state = PaidJobState {
             job,
@@ -969,6 +974,126 @@ impl PaidJobState {
             | Phase::Refunded { payment, .. }
             | Phase::PaymentTimedOut { payment } => Some(payment),
             Phase::CreatingPayment | Phase::Failed { .. } | Phase::Cancelled => None,
+        }
+    }
+}
+
+/// A job's payment as operators see it: the payment request on Masumi (once created) with its
+/// on-chain state and deadlines, from the job's journaled state (no call to Masumi).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PaymentView {
+    /// The job's phase (`awaiting_payment`, `running`, `result_submitted`, ...).
+    pub phase: String,
+    pub mip_status: MipStatus,
+    pub network: Network,
+    pub agent_identifier: String,
+    pub identifier_from_purchaser: String,
+    pub input_hash: String,
+    /// `None` until the payment request exists (and for jobs that failed before).
+    pub blockchain_identifier: Option<String>,
+    /// `None` before a valid locking transaction exists.
+    pub on_chain_state: Option<OnChainState>,
+    pub next_action: Option<masumi::RequestedAction>,
+    pub error_type: Option<String>,
+    pub error_note: Option<String>,
+    /// The result hash on chain, or the one this job computed for submission.
+    pub result_hash: Option<String>,
+    pub seller_vkey: Option<String>,
+    pub deadlines: PaymentDeadlines,
+    /// Why the job did not deliver (failed, refunded, cancelled).
+    pub failure: Option<Failure>,
+}
+
+/// The payment's deadlines: Masumi's once the request exists, else the ones the job asked for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PaymentDeadlines {
+    pub pay_by_time: DateTime<Utc>,
+    pub submit_result_time: DateTime<Utc>,
+    pub unlock_time: Option<DateTime<Utc>>,
+    pub external_dispute_unlock_time: Option<DateTime<Utc>>,
+}
+
+impl Phase {
+    /// The phase's stored name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::CreatingPayment => "creating_payment",
+            Self::AwaitingPayment { .. } => "awaiting_payment",
+            Self::PaymentInvalid { .. } => "payment_invalid",
+            Self::Launching { .. } => "launching",
+            Self::Running { .. } => "running",
+            Self::LoadingInputForm { .. } => "loading_input_form",
+            Self::AwaitingInput { .. } => "awaiting_input",
+            Self::ProvidingInput { .. } => "providing_input",
+            Self::FetchingResult { .. } => "fetching_result",
+            Self::SubmittingResult { .. } => "submitting_result",
+            Self::ResultSubmitted { .. } => "result_submitted",
+            Self::Disputed { .. } => "disputed",
+            Self::AuthorizingRefund { .. } => "authorizing_refund",
+            Self::Killing { .. } => "killing",
+            Self::FollowingRefund { .. } => "following_refund",
+            Self::Completed { .. } => "completed",
+            Self::Refunded { .. } => "refunded",
+            Self::PaymentTimedOut { .. } => "payment_timed_out",
+            Self::Failed { .. } => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl PaidJobState {
+    /// The payment view of this state (pure).
+    pub fn payment_view(&self) -> PaymentView {
+        let job = &self.job;
+        let payment = self.payment();
+        let computed_hash = match &self.phase {
+            Phase::SubmittingResult { result_hash, .. }
+            | Phase::ResultSubmitted { result_hash, .. }
+            | Phase::Disputed { result_hash, .. }
+            | Phase::AuthorizingRefund { result_hash, .. } => Some(result_hash.clone()),
+            Phase::Completed { result_hash, .. } => result_hash.clone(),
+            _ => None,
+        };
+        let failure = match &self.phase {
+            Phase::Killing { reason, .. }
+            | Phase::FollowingRefund { reason, .. }
+            | Phase::Refunded { reason, .. }
+            | Phase::Failed { reason } => Some(reason.clone()),
+            Phase::Cancelled => Some(Failure::cancelled()),
+            _ => None,
+        };
+        let deadlines = match payment {
+            Some(p) => PaymentDeadlines {
+                pay_by_time: ms(p.pay_by_time_ms),
+                submit_result_time: ms(p.submit_result_time_ms),
+                unlock_time: Some(ms(p.unlock_time_ms)),
+                external_dispute_unlock_time: Some(ms(p.external_dispute_unlock_time_ms)),
+            },
+            None => PaymentDeadlines {
+                pay_by_time: job.pay_by_time,
+                submit_result_time: job.submit_result_time,
+                unlock_time: job.unlock_time,
+                external_dispute_unlock_time: job.external_dispute_unlock_time,
+            },
+        };
+        PaymentView {
+            phase: self.phase.name().to_owned(),
+            mip_status: mip_status_of(&self.phase),
+            network: job.network,
+            agent_identifier: job.agent_identifier.clone(),
+            identifier_from_purchaser: job.identifier_from_purchaser.clone(),
+            input_hash: job.input_hash.clone(),
+            blockchain_identifier: payment.map(|p| p.blockchain_identifier.clone()),
+            on_chain_state: payment.and_then(|p| p.on_chain_state),
+            next_action: payment.map(|p| p.next_action),
+            error_type: payment.and_then(|p| p.error_type.clone()),
+            error_note: payment.and_then(|p| p.error_note.clone()),
+            result_hash: payment
+                .and_then(|p| p.result_hash.clone())
+                .or(computed_hash),
+            seller_vkey: payment.and_then(|p| p.seller_vkey.clone()),
+            deadlines,
+            failure,
         }
     }
 }
@@ -1456,5 +1581,38 @@ mod tests {
             ok::<AwaitPaymentChange>(found(Some(OnChainState::FundsLocked))),
         );
         assert_ne!(t.state.mip_view(job).id, a);
+    }
+
+    #[test]
+    fn payment_view_and_tag_come_from_the_journaled_state() {
+        assert_eq!(PaidJob.tag(&input()).as_deref(), Some("uid"));
+        let before = PaidJobState {
+            job: input(),
+            mip_seq: 0,
+            phase: Phase::CreatingPayment,
+        };
+        let view = before.payment_view();
+        assert_eq!(view.phase, "creating_payment");
+        assert_eq!(view.blockchain_identifier, None);
+        assert_eq!(view.deadlines.pay_by_time, input().pay_by_time);
+        assert_eq!(view.failure, None);
+
+        let p = payment(Some(OnChainState::FundsLocked));
+        let locked = PaidJobState {
+            job: input(),
+            mip_seq: 1,
+            phase: Phase::Launching { payment: p.clone() },
+        };
+        let view = locked.payment_view();
+        assert_eq!(view.phase, "launching");
+        assert_eq!(view.mip_status, MipStatus::Running);
+        assert_eq!(view.blockchain_identifier.as_deref(), Some("bc"));
+        assert_eq!(view.on_chain_state, Some(OnChainState::FundsLocked));
+        assert_eq!(view.deadlines.pay_by_time, ms(p.pay_by_time_ms));
+        assert_eq!(
+            view.deadlines.unlock_time,
+            Some(ms(p.unlock_time_ms)),
+            "Masumi's deadlines once the request exists"
+        );
     }
 }

@@ -48,7 +48,11 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     }
 }
 
-async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+/// The database answers; with paid jobs, the services' circuit breakers and the flow sync.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "`{status: ok, database: ok, services?, flows?}`", body = Object),
+        (status = 503, description = "The database is unreachable", body = Object)))]
+pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = match state.engine.store().ping().await {
         Ok(()) => "ok",
         Err(e) => {

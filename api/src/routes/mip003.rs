@@ -91,7 +91,10 @@ fn availability_body(reason: Option<&str>) -> Value {
     }
 }
 
-async fn availability(State(state): State<AppState>) -> Json<Value> {
+/// Whether the service takes jobs (MIP-003).
+#[utoipa::path(get, path = "/availability", tag = "MIP-003",
+    responses((status = 200, description = "`{status: available|unavailable, type, message?}`", body = Object)))]
+pub(crate) async fn availability(State(state): State<AppState>) -> Json<Value> {
     let Some(paid) = state.paid.as_deref() else {
         return Json(availability_body(Some("paid jobs are not configured")));
     };
@@ -108,7 +111,11 @@ async fn availability(State(state): State<AppState>) -> Json<Value> {
     Json(availability_body(reason))
 }
 
-async fn flows(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// The flows this server sells, with their MIP-003 endpoints.
+#[utoipa::path(get, path = "/flows", tag = "MIP-003",
+    responses((status = 200, description = "`{flows: [...]}`", body = Object),
+        (status = 503, description = "Paid jobs are not configured", body = crate::error::ErrorBody)))]
+pub(crate) async fn flows(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let paid = paid(&state)?;
     let flows: Vec<Value> = paid
         .catalog
@@ -135,7 +142,12 @@ async fn flows(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "flows": flows })))
 }
 
-async fn flow_availability(
+/// Whether a flow takes jobs (MIP-003).
+#[utoipa::path(get, path = "/{flow_uid}/availability", tag = "MIP-003",
+    params(("flow_uid" = String, Path, description = "The flow's uid")),
+    responses((status = 200, description = "`{status, type, message?}`", body = Object),
+        (status = 404, description = "Unknown flow", body = crate::error::ErrorBody)))]
+pub(crate) async fn flow_availability(
     State(state): State<AppState>,
     Path(uid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -159,7 +171,12 @@ fn services_down(paid: &crate::PaidJobs) -> Option<&'static str> {
     }
 }
 
-async fn input_schema(
+/// The flow's input schema (MIP-003 `input_data` fields).
+#[utoipa::path(get, path = "/{flow_uid}/input_schema", tag = "MIP-003",
+    params(("flow_uid" = String, Path, description = "The flow's uid")),
+    responses((status = 200, description = "`{input_data: [...]}`", body = Object),
+        (status = 404, description = "Unknown flow", body = crate::error::ErrorBody)))]
+pub(crate) async fn input_schema(
     State(state): State<AppState>,
     Path(uid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -172,7 +189,17 @@ fn start_key(flow_uid: &str, purchaser: &str, input_hash: &str) -> String {
     format!("{flow_uid}:{purchaser}:{input_hash}")
 }
 
-async fn start_job(
+/// Starts a paid job and answers the payment request's data (MIP-003).
+#[utoipa::path(post, path = "/{flow_uid}/start_job", tag = "MIP-003",
+    params(("flow_uid" = String, Path, description = "The flow's uid")),
+    request_body(content = Object, description = "`{identifier_from_purchaser, input_data}`"),
+    responses((status = 201, description = "`{id, blockchainIdentifier, payByTime, submitResultTime, unlockTime, externalDisputeUnlockTime, agentIdentifier, sellerVKey, identifierFromPurchaser, input_hash}`", body = Object),
+        (status = 200, description = "The same request again: the same job", body = Object),
+        (status = 400, description = "Bad body or input_data", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown flow", body = crate::error::ErrorBody),
+        (status = 409, description = "A job for this request already ended", body = crate::error::ErrorBody),
+        (status = 503, description = "Flow or services unavailable", body = crate::error::ErrorBody)))]
+pub(crate) async fn start_job(
     State(state): State<AppState>,
     Path(uid): Path<String>,
     body: Bytes,
@@ -317,7 +344,14 @@ async fn load_job(
     Ok((id, record.status, job))
 }
 
-async fn status(
+/// A job's MIP-003 status.
+#[utoipa::path(get, path = "/{flow_uid}/status", tag = "MIP-003",
+    params(("flow_uid" = String, Path, description = "The flow's uid"),
+        ("job_id" = String, Query, description = "The job id from start_job")),
+    responses((status = 200, description = "`{id, job_id, status, input_schema?, result?, message?}`", body = Object),
+        (status = 400, description = "job_id missing", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown job", body = crate::error::ErrorBody)))]
+pub(crate) async fn status(
     State(state): State<AppState>,
     Path(uid): Path<String>,
     Query(query): Query<HashMap<String, String>>,
@@ -343,7 +377,15 @@ struct ProvideInput {
     input_data: Value,
 }
 
-async fn provide_input(
+/// The buyer's input for a job that awaits input (MIP-003).
+#[utoipa::path(post, path = "/{flow_uid}/provide_input", tag = "MIP-003",
+    params(("flow_uid" = String, Path, description = "The flow's uid")),
+    request_body(content = Object, description = "`{job_id, status_id, input_data}`"),
+    responses((status = 200, description = "`{input_hash, signature}`", body = Object),
+        (status = 400, description = "Bad body or input_data", body = crate::error::ErrorBody),
+        (status = 404, description = "Unknown job", body = crate::error::ErrorBody),
+        (status = 409, description = "Not awaiting input, or a stale status_id", body = crate::error::ErrorBody)))]
+pub(crate) async fn provide_input(
     State(state): State<AppState>,
     Path(uid): Path<String>,
     body: Bytes,

@@ -1,5 +1,6 @@
 //! Route modules, one per resource.
 
+pub mod admin;
 pub mod dashboard;
 pub mod health;
 pub mod mip003;

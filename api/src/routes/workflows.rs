@@ -1,15 +1,18 @@
 //! `/api/v1/workflows`: start, list, get, history, attempts and signals.
 
+use crate::error::ErrorBody;
 use crate::error::{ApiJson, ApiPath, ApiQuery};
+use crate::filter::Filter;
 use crate::{ApiError, AppState};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use engine::{ListQuery, Status, WaitingOn, WorkflowId, WorkflowRecord};
+use engine::{Status, WaitingOn, WorkflowId, WorkflowRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -23,33 +26,56 @@ pub fn router() -> Router<AppState> {
 /// Longest accepted idempotency key.
 const MAX_KEY_LEN: usize = 256;
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST /api/v1/workflows`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StartRequest {
+pub struct StartRequest {
+    /// A registered workflow type, e.g. `demo.chain`.
     #[serde(rename = "type")]
+    #[schema(example = "demo.chain")]
     workflow_type: String,
+    /// Idempotency key: a second start with the same (type, key) returns the first workflow.
     #[serde(default)]
     key: Option<String>,
+    /// The workflow type's input.
+    #[schema(value_type = Object, example = json!({"steps": 3, "sleep_ms": 100}))]
     input: Value,
 }
 
 /// A workflow as the admin API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WorkflowView {
+    #[schema(value_type = String, format = Uuid)]
     pub id: WorkflowId,
     #[serde(rename = "type")]
     pub workflow_type: String,
     pub key: Option<String>,
+    /// The label its type gave it at start (a paid job's flow uid).
+    pub tag: Option<String>,
+    #[schema(value_type = crate::openapi::StatusName)]
     pub status: Status,
+    #[schema(value_type = Object)]
     pub input: Value,
+    /// The state machine's current state.
+    #[schema(value_type = Object)]
     pub state: Value,
+    #[schema(value_type = Option<Object>)]
     pub output: Option<Value>,
+    /// `{code, message, details?}` of a failed workflow.
+    #[schema(value_type = Option<Object>)]
     pub error: Option<engine::WorkflowError>,
+    /// What it waits on: `{"kind": "activity" | "backing_off" | "timer" | "signal" | "paused" |
+    /// "nothing", ...}` (activity: name, call_seq, attempt, worker, lease_expires_at;
+    /// backing_off: next_attempt, until, last_error; timer: due_at).
+    #[schema(value_type = Object)]
     pub waiting_on: WaitingOn,
+    /// Seq of the last journal event.
     pub version: i64,
     pub cancel_requested: bool,
+    #[schema(value_type = Option<String>, format = Uuid)]
     pub lease_owner: Option<engine::WorkerId>,
     pub lease_expires_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<Object>)]
     pub heartbeat_details: Option<Value>,
     pub pending_signals: i64,
     pub created_at: DateTime<Utc>,
@@ -64,6 +90,7 @@ impl From<WorkflowRecord> for WorkflowView {
             id: r.id,
             workflow_type: r.workflow_type,
             key: r.key,
+            tag: r.tag,
             status: r.status,
             input: r.input,
             state: r.state,
@@ -94,7 +121,7 @@ fn has_nul(value: &Value) -> bool {
     }
 }
 
-fn parse_id(raw: &str) -> Result<WorkflowId, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<WorkflowId, ApiError> {
     WorkflowId::parse(raw).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -104,7 +131,20 @@ fn parse_id(raw: &str) -> Result<WorkflowId, ApiError> {
     })
 }
 
-async fn start(
+/// Starts a workflow (idempotent by type and key).
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows",
+    tag = "workflows",
+    request_body = StartRequest,
+    responses(
+        (status = 201, description = "Created; the view with `created: true`", body = WorkflowView),
+        (status = 200, description = "A workflow with this type and key exists; `created: false`", body = WorkflowView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 422, description = "Unknown type, invalid input or key", body = ErrorBody),
+    )
+)]
+pub(crate) async fn start(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<StartRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -140,7 +180,19 @@ async fn start(
     Ok((status, Json(body)))
 }
 
-async fn show(
+/// One workflow with what it waits on.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows/{id}",
+    tag = "workflows",
+    params(("id" = String, Path, description = "Workflow id (UUID)")),
+    responses(
+        (status = 200, description = "The workflow", body = WorkflowView),
+        (status = 400, description = "Not a UUID", body = ErrorBody),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+    )
+)]
+pub(crate) async fn show(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WorkflowView>, ApiError> {
@@ -148,40 +200,64 @@ async fn show(
     Ok(Json(state.engine.get(id).await?.into()))
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of `GET /api/v1/workflows`: the [`Filter`] fields, a page size and a cursor.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListParams {
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// `running`, `paused`, `completed`, `failed` or `cancelled`.
     status: Option<String>,
+    /// The workflow type.
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     workflow_type: Option<String>,
+    /// A paid job's flow uid.
+    flow: Option<String>,
+    /// Created at or after this time (RFC 3339).
+    created_after: Option<String>,
+    /// Created before this time (RFC 3339).
+    created_before: Option<String>,
+    /// Key contains it (ASCII case-insensitive) or id starts with it.
+    q: Option<String>,
+    /// Page size, 1 to 500 (default 50).
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-async fn list(
+/// A page of workflows, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkflowPage {
+    pub workflows: Vec<WorkflowView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub next_cursor: Option<WorkflowId>,
+}
+
+/// Lists workflows, newest first, filtered and paged.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows",
+    tag = "workflows",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of workflows", body = WorkflowPage),
+        (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(p): ApiQuery<ListParams>,
-) -> Result<Json<Value>, ApiError> {
-    let status = p
-        .status
-        .as_deref()
-        .map(|s| {
-            Status::parse(s).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    format!("unknown status `{s}`"),
-                )
-            })
-        })
-        .transpose()?;
-    if p.workflow_type.as_deref().is_some_and(|t| t.contains('\0')) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "type must not contain NUL characters",
-        ));
+) -> Result<Json<WorkflowPage>, ApiError> {
+    let mut query = Filter {
+        status: p.status,
+        workflow_type: p.workflow_type,
+        flow: p.flow,
+        created_after: p.created_after,
+        created_before: p.created_before,
+        q: p.q,
     }
+    .query()?;
     let cursor = p.cursor.as_deref().map(parse_id).transpose()?;
     if p.limit.is_some_and(|l| !(1..=500).contains(&l)) {
         return Err(ApiError::new(
@@ -191,32 +267,41 @@ async fn list(
         ));
     }
     let limit = p.limit.unwrap_or(50);
-    let rows = state
-        .engine
-        .list(ListQuery {
-            status,
-            workflow_type: p.workflow_type,
-            limit: Some(limit),
-            cursor,
-        })
-        .await?;
+    query.limit = Some(limit);
+    query.cursor = cursor;
+    let rows = state.engine.list(query).await?;
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| r.id))
         .flatten();
-    let workflows: Vec<WorkflowView> = rows.into_iter().map(Into::into).collect();
-    Ok(Json(
-        json!({ "workflows": workflows, "next_cursor": next_cursor }),
-    ))
+    Ok(Json(WorkflowPage {
+        workflows: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
+/// Query of the history: a window of the journal.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct HistoryParams {
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// Only events with a larger seq.
     after: Option<i64>,
+    /// At most this many events (default 1000, at most 10000).
     limit: Option<i64>,
 }
 
-async fn history(
+/// The journal: every event, oldest first (`{seq, kind, payload, created_at}`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows/{id}/history",
+    tag = "workflows",
+    params(("id" = String, Path, description = "Workflow id (UUID)"), HistoryParams),
+    responses(
+        (status = 200, description = "`{id, events: [{seq, kind, payload, created_at}]}`", body = crate::openapi::HistoryDoc),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+    )
+)]
+pub(crate) async fn history(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(p): ApiQuery<HistoryParams>,
@@ -226,10 +311,37 @@ async fn history(
         .engine
         .history(id, p.after.unwrap_or(0), p.limit.unwrap_or(1000))
         .await?;
+    let events: Vec<Value> = events
+        .into_iter()
+        .map(|e| {
+            // The kind's fields, without the `kind` tag itself.
+            let mut payload = serde_json::to_value(&e.kind).unwrap_or(Value::Null);
+            if let Some(fields) = payload.as_object_mut() {
+                fields.remove("kind");
+            }
+            json!({
+                "seq": e.seq,
+                "kind": e.kind.name(),
+                "payload": payload,
+                "created_at": e.created_at,
+            })
+        })
+        .collect();
     Ok(Json(json!({ "id": id, "events": events })))
 }
 
-async fn attempts(
+/// Every activity attempt with its outcome, error, duration and worker.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workflows/{id}/attempts",
+    tag = "workflows",
+    params(("id" = String, Path, description = "Workflow id (UUID)")),
+    responses(
+        (status = 200, description = "The attempts, by call and attempt", body = crate::openapi::AttemptsDoc),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+    )
+)]
+pub(crate) async fn attempts(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -239,15 +351,33 @@ async fn attempts(
     Ok(Json(json!({ "id": id, "attempts": attempts })))
 }
 
-#[derive(Debug, Deserialize)]
+/// Body of `POST /api/v1/workflows/{id}/signals`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SignalRequest {
+pub struct SignalRequest {
+    /// `pause`, `resume`, `cancel`, or a custom signal of the workflow type.
+    #[schema(example = "pause")]
     name: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     payload: Value,
 }
 
-async fn signal(
+/// Sends a signal; it is durable once accepted and applied at the next transition boundary.
+#[utoipa::path(
+    post,
+    path = "/api/v1/workflows/{id}/signals",
+    tag = "workflows",
+    params(("id" = String, Path, description = "Workflow id (UUID)")),
+    request_body = SignalRequest,
+    responses(
+        (status = 202, description = "`{id, signal, seq}`", body = Object),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+        (status = 409, description = "The workflow already finished", body = ErrorBody),
+        (status = 422, description = "Invalid signal", body = ErrorBody),
+    )
+)]
+pub(crate) async fn signal(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<SignalRequest>,

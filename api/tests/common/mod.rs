@@ -31,6 +31,8 @@ pub struct TestApp {
     /// A valid admin token (name `test`).
     pub token: String,
     pub store: Arc<dyn Store>,
+    /// Paid jobs' services, when the app was spawned with them ([`TestApp::spawn_with`]).
+    pub paid: Option<Arc<api::PaidJobs>>,
     shutdown: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
     worker: Option<WorkerHandle>,
@@ -109,18 +111,32 @@ impl Reply {
 impl TestApp {
     /// Migrates the test database and serves the API on 127.0.0.1:0, without a rate limit.
     pub async fn spawn(pool: PgPool) -> Self {
-        Self::spawn_with(
-            pool,
-            api::access::AccessConfig {
-                rate_limit_per_minute: 0,
-                ..api::access::AccessConfig::default()
-            },
-        )
-        .await
+        Self::spawn_full(pool, Self::unlimited(), None).await
+    }
+
+    /// Access settings of [`TestApp::spawn`]: the defaults without a rate limit.
+    fn unlimited() -> api::access::AccessConfig {
+        api::access::AccessConfig {
+            rate_limit_per_minute: 0,
+            ..api::access::AccessConfig::default()
+        }
     }
 
     /// [`TestApp::spawn`] with the given access settings.
     pub async fn spawn_with(pool: PgPool, access: api::access::AccessConfig) -> Self {
+        Self::spawn_full(pool, access, None).await
+    }
+
+    /// [`TestApp::spawn`] with paid jobs' services (their workflows and activities registered).
+    pub async fn spawn_paid(pool: PgPool, paid: Arc<api::PaidJobs>) -> Self {
+        Self::spawn_full(pool, Self::unlimited(), Some(paid)).await
+    }
+
+    async fn spawn_full(
+        pool: PgPool,
+        access: api::access::AccessConfig,
+        paid: Option<Arc<api::PaidJobs>>,
+    ) -> Self {
         let store: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone()));
         store.migrate().await.expect("migrations apply");
         // `ensure_token`: a second app on the same database replaces the first one's token.
@@ -128,7 +144,8 @@ impl TestApp {
         api::access::ensure_token(store.as_ref(), "test", &token)
             .await
             .expect("store the test token");
-        let engine = Arc::new(Engine::new(store.clone(), workflows::registry(None)));
+        let registry = workflows::registry(paid.as_ref().map(|p| &p.services));
+        let engine = Arc::new(Engine::new(store.clone(), registry));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
@@ -136,7 +153,7 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(api::serve(
             listener,
-            api::AppState::new(engine, None, access),
+            api::AppState::new(engine, paid.clone(), access),
             shutdown.clone(),
         ));
         let client = authorized_client(&token);
@@ -151,6 +168,7 @@ impl TestApp {
             anonymous,
             token,
             store,
+            paid,
             _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
             server,
@@ -163,7 +181,7 @@ impl TestApp {
         assert!(self.worker.is_none(), "a worker is already running");
         let worker = Worker::new(
             self.store.clone(),
-            workflows::registry(None),
+            workflows::registry(self.paid.as_ref().map(|p| &p.services)),
             WorkerConfig {
                 lease_ttl: Duration::from_secs(2),
                 heartbeat_interval: Duration::from_millis(500),

@@ -21,7 +21,7 @@ pub use sqlite::SqliteStore;
 
 use crate::activity::ActivityError;
 use crate::journal::{
-    ActivityAttempt, Event, EventKind, Pending, Status, WorkerRecord, WorkflowRecord,
+    ActivityAttempt, Event, EventKind, FeedEvent, Pending, Status, WorkerRecord, WorkflowRecord,
 };
 use crate::workflow::WorkflowError;
 use crate::{AttemptOutcome, WorkerId, WorkflowId};
@@ -59,6 +59,8 @@ pub struct NewWorkflow {
     pub id: WorkflowId,
     pub workflow_type: String,
     pub key: Option<String>,
+    /// The label from [`crate::Workflow::tag`].
+    pub tag: Option<String>,
     pub input: serde_json::Value,
     pub status: Status,
     pub state: serde_json::Value,
@@ -206,11 +208,19 @@ pub trait Presence: Send + Debug {
     async fn next_death(&mut self) -> Result<Option<WorkerId>, StoreError>;
 }
 
-/// Filters of [`Store::list_workflows`]; newest first, `cursor` is the last id of the previous page.
+/// Filters of [`Store::list_workflows`] and [`Store::count_workflows`]; newest first, `cursor`
+/// is the last id of the previous page. Every set field must match.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub status: Option<Status>,
     pub workflow_type: Option<String>,
+    /// Exactly this [`crate::Workflow::tag`].
+    pub tag: Option<String>,
+    /// Created at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before this time.
+    pub created_before: Option<DateTime<Utc>>,
+    pub search: Option<Search>,
     pub limit: i64,
     pub cursor: Option<WorkflowId>,
 }
@@ -244,6 +254,75 @@ fn pending_versions(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Vec<
         .map(|m| m.version)
         .filter(|v| !applied.contains(v))
         .collect()
+}
+
+/// A search over keys and ids: a workflow matches when its key contains the text (ASCII letters
+/// compared case-insensitively) or its id starts with it (hex digits; hyphens ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    /// The text, lowercased, matched as a substring of the lowercased key.
+    pub(crate) text: String,
+    /// The ids starting with the text, when it is a hex prefix: `lo..=hi`.
+    pub(crate) id_range: Option<(WorkflowId, WorkflowId)>,
+}
+
+impl Search {
+    /// A search for `text` (non-empty; the caller bounds its length).
+    pub fn new(text: &str) -> Self {
+        let hex: String = text.chars().filter(|c| *c != '-').collect();
+        let id_range =
+            (!hex.is_empty() && hex.len() <= 32 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+                .then(|| {
+                    let pad = |fill: char| {
+                        let full: String = hex
+                            .chars()
+                            .chain(std::iter::repeat(fill))
+                            .take(32)
+                            .collect();
+                        u128::from_str_radix(&full, 16)
+                            .map(|n| WorkflowId(uuid::Uuid::from_u128(n)))
+                            .ok()
+                    };
+                    pad('0').zip(pad('f'))
+                })
+                .flatten();
+        Self {
+            text: text.to_ascii_lowercase(),
+            id_range,
+        }
+    }
+}
+
+/// How many workflows have each status.
+pub type StatusCounts = Vec<(Status, i64)>;
+
+/// A read of the event feed: events with `after < gid <= upto`, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct FeedQuery {
+    pub after: i64,
+    /// No upper bound when `None`.
+    pub upto: Option<i64>,
+    /// Only this workflow's events.
+    pub workflow: Option<WorkflowId>,
+    pub limit: i64,
+}
+
+/// Events read from the feed with what the reader needs to know about transactions in flight.
+#[derive(Debug, Clone, Default)]
+pub struct FeedRead {
+    pub events: Vec<FeedEvent>,
+    /// The ids of the transactions in flight at the read's snapshot (sorted), on backends where a
+    /// smaller `gid` can become visible after a larger one (PostgreSQL); `None` where ids become
+    /// visible in order (SQLite), so a gap is permanent.
+    pub in_flight: Option<Vec<u64>>,
+}
+
+/// The end of the feed: the largest visible `gid` and the transactions in flight (as in
+/// [`FeedRead`]).
+#[derive(Debug, Clone, Default)]
+pub struct FeedHead {
+    pub max_gid: i64,
+    pub in_flight: Option<Vec<u64>>,
 }
 
 /// A wake-up hint; never the only trigger (notifications can be lost on reconnect).
@@ -290,6 +369,13 @@ pub trait Store: Send + Sync + Debug + 'static {
     }
     async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, StoreError>;
     async fn list_workflows(&self, filter: &ListFilter) -> Result<Vec<WorkflowRecord>, StoreError>;
+    /// Workflows per status matching `filter` (its `status`, `cursor` and `limit` are ignored);
+    /// statuses without workflows are left out.
+    async fn count_workflows(&self, filter: &ListFilter) -> Result<StatusCounts, StoreError>;
+    /// Events of the global feed (see [`FeedRead`]); readers use [`crate::EventFeed`].
+    async fn read_feed(&self, query: &FeedQuery) -> Result<FeedRead, StoreError>;
+    /// The end of the global feed.
+    async fn feed_head(&self) -> Result<FeedHead, StoreError>;
     /// Events with seq greater than `after_seq`, oldest first, at most `limit`.
     async fn history(
         &self,

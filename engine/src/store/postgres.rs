@@ -2,11 +2,13 @@
 
 use super::pg_presence::PgPresence;
 use super::{
-    AccessToken, Claimed, Committed, Created, LeaseAfter, LeaseRenewal, ListFilter, NewWorkflow,
-    Presence, Renewed, StepCommit, Store, StoreError, StoreGauges, StoredSignal, Wake,
-    WakeListener, WorkerInfo,
+    AccessToken, Claimed, Committed, Created, FeedHead, FeedQuery, FeedRead, LeaseAfter,
+    LeaseRenewal, ListFilter, NewWorkflow, Presence, Renewed, StatusCounts, StepCommit, Store,
+    StoreError, StoreGauges, StoredSignal, Wake, WakeListener, WorkerInfo,
 };
-use crate::journal::{ActivityAttempt, Event, EventKind, Status, WorkerRecord, WorkflowRecord};
+use crate::journal::{
+    ActivityAttempt, Event, EventKind, FeedEvent, Status, WorkerRecord, WorkflowRecord,
+};
 use crate::{WorkerId, WorkflowId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -70,11 +72,12 @@ impl PgStore {
             "with created as (
                 insert into kodomasu.workflows
                   (id, workflow_type, key, status, input, state, pending, output, error, version, next_call_seq,
-                   run_at, finished_at, lease_owner, lease_epoch, lease_expires_at)
+                   run_at, finished_at, lease_owner, lease_epoch, lease_expires_at, tag)
                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
                         case when $13 then now() end,
                         $18, case when $18::uuid is null then 0 else 1 end,
-                        case when $18::uuid is not null then now() + make_interval(secs => $19) end)
+                        case when $18::uuid is not null then now() + make_interval(secs => $19) end,
+                        $20)
                 on conflict (workflow_type, key) do nothing
                 returning *
              ),
@@ -108,6 +111,7 @@ impl PgStore {
         .bind(WAKE_CHANNEL)
         .bind(lease.map(|(worker, _)| worker))
         .bind(lease.map_or(0.0, |(_, ttl)| ttl.as_secs_f64()))
+        .bind(&new.tag)
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
@@ -162,6 +166,7 @@ fn record(row: &PgRow) -> Result<WorkflowRecord, StoreError> {
         id: row.try_get("id")?,
         workflow_type: row.try_get("workflow_type")?,
         key: row.try_get("key")?,
+        tag: row.try_get("tag")?,
         status: status(row)?,
         input: row.try_get("input")?,
         state: row.try_get("state")?,
@@ -205,6 +210,46 @@ fn event_columns(first_seq: i64, events: &[EventKind]) -> Result<EventColumns<'_
     Ok((seqs, kinds, payloads))
 }
 
+/// The conditions of a [`ListFilter`] but status and cursor, on parameters `$1..=$7`
+/// (see [`bind_filter`]).
+const FILTER: &str = "($1::text is null or workflow_type = $1)
+    and ($2::text is null or tag = $2)
+    and ($3::timestamptz is null or created_at >= $3)
+    and ($4::timestamptz is null or created_at < $4)
+    and ($5::text is null or strpos(lower(key), $5) > 0
+         or ($6::uuid is not null and id between $6 and $7))";
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds `$1..=$7` of [`FILTER`].
+fn bind_filter<'q>(query: PgQuery<'q>, f: &'q ListFilter) -> PgQuery<'q> {
+    let search = f.search.as_ref();
+    query
+        .bind(f.workflow_type.as_deref())
+        .bind(f.tag.as_deref())
+        .bind(f.created_after)
+        .bind(f.created_before)
+        .bind(search.map(|s| s.text.as_str()))
+        .bind(search.and_then(|s| s.id_range).map(|r| r.0))
+        .bind(search.and_then(|s| s.id_range).map(|r| r.1))
+}
+
+/// The in-flight transaction ids of a `pg_snapshot` text (`xmin:xmax:xip,...`), sorted.
+fn in_flight(snapshot: Option<&str>) -> Result<Vec<u64>, StoreError> {
+    let Some(snapshot) = snapshot else {
+        return Ok(Vec::new());
+    };
+    let corrupt = || StoreError::Corrupt(format!("unexpected snapshot `{snapshot}`"));
+    let xip = snapshot.splitn(3, ':').nth(2).ok_or_else(corrupt)?;
+    let mut ids = xip
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().map_err(|_| corrupt()))
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -239,21 +284,103 @@ impl Store for PgStore {
     }
 
     async fn list_workflows(&self, filter: &ListFilter) -> Result<Vec<WorkflowRecord>, StoreError> {
-        let rows = sqlx::query(
+        let sql = format!(
             "select * from kodomasu.workflows
-             where ($1::text is null or status = $1)
-               and ($2::text is null or workflow_type = $2)
-               and ($3::uuid is null or id < $3)
+             where {FILTER}
+               and ($8::text is null or status = $8)
+               and ($9::uuid is null or id < $9)
              order by id desc
-             limit $4",
-        )
-        .bind(filter.status.map(Status::as_str))
-        .bind(&filter.workflow_type)
-        .bind(filter.cursor)
-        .bind(filter.limit)
-        .fetch_all(&self.pool)
-        .await?;
+             limit $10"
+        );
+        let rows = bind_filter(sqlx::query(&sql), filter)
+            .bind(filter.status.map(Status::as_str))
+            .bind(filter.cursor)
+            .bind(filter.limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(record).collect()
+    }
+
+    async fn count_workflows(&self, filter: &ListFilter) -> Result<StatusCounts, StoreError> {
+        let sql = format!(
+            "select status, count(*) as n from kodomasu.workflows where {FILTER} group by status"
+        );
+        let rows = bind_filter(sqlx::query(&sql), filter)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((status(r)?, r.try_get("n")?)))
+            .collect()
+    }
+
+    async fn read_feed(&self, q: &FeedQuery) -> Result<FeedRead, StoreError> {
+        // One statement, so the snapshot it reports is the one its rows were read in. Two
+        // shapes, so each has a plan of its own (one workflow: its primary key; all: `gid`).
+        let workflow = if q.workflow.is_some() {
+            "and ev.workflow_id = $3"
+        } else {
+            "and $3::uuid is null"
+        };
+        let sql = format!(
+            "with snap as materialized (select pg_current_snapshot()::text as snapshot)
+             select snap.snapshot, e.gid, e.workflow_id, w.workflow_type, e.seq, e.kind,
+                    case when e.kind = 'transitioned' then e.payload ->> 'status' end as status,
+                    e.created_at
+             from snap
+             left join lateral (
+                select ev.gid, ev.workflow_id, ev.seq, ev.kind, ev.payload, ev.created_at
+                from kodomasu.events ev
+                where ev.gid > $1 and ($2::bigint is null or ev.gid <= $2) {workflow}
+                order by ev.gid
+                limit $4
+             ) e on true
+             left join kodomasu.workflows w on w.id = e.workflow_id
+             order by e.gid"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(q.after)
+            .bind(q.upto)
+            .bind(q.workflow)
+            .bind(q.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let snapshot: Option<String> = match rows.first() {
+            Some(r) => r.try_get("snapshot")?,
+            None => None,
+        };
+        let mut events = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(gid) = r.try_get::<Option<i64>, _>("gid")? else {
+                continue;
+            };
+            let kind: String = r.try_get("kind")?;
+            let transitioned: Option<String> = r.try_get("status")?;
+            events.push(FeedEvent {
+                gid,
+                workflow_id: r.try_get("workflow_id")?,
+                workflow_type: r.try_get("workflow_type")?,
+                seq: r.try_get("seq")?,
+                status: FeedEvent::status_of(&kind, transitioned.as_deref()),
+                kind,
+                created_at: r.try_get("created_at")?,
+            });
+        }
+        Ok(FeedRead {
+            events,
+            in_flight: Some(in_flight(snapshot.as_deref())?),
+        })
+    }
+
+    async fn feed_head(&self) -> Result<FeedHead, StoreError> {
+        let (snapshot, max_gid): (String, i64) = sqlx::query_as(
+            "select pg_current_snapshot()::text, (select coalesce(max(gid), 0) from kodomasu.events)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(FeedHead {
+            max_gid,
+            in_flight: Some(in_flight(Some(&snapshot))?),
+        })
     }
 
     async fn history(

@@ -30,11 +30,13 @@
 //! ```
 
 use super::{
-    AccessToken, Claimed, Committed, Created, LeaseAfter, LeaseRenewal, ListFilter, NewWorkflow,
-    Renewed, StepCommit, Store, StoreError, StoreGauges, StoredSignal, Wake, WakeListener,
-    WorkerInfo,
+    AccessToken, Claimed, Committed, Created, FeedHead, FeedQuery, FeedRead, LeaseAfter,
+    LeaseRenewal, ListFilter, NewWorkflow, Renewed, StatusCounts, StepCommit, Store, StoreError,
+    StoreGauges, StoredSignal, Wake, WakeListener, WorkerInfo,
 };
-use crate::journal::{ActivityAttempt, Event, EventKind, Status, WorkerRecord, WorkflowRecord};
+use crate::journal::{
+    ActivityAttempt, Event, EventKind, FeedEvent, Status, WorkerRecord, WorkflowRecord,
+};
 use crate::{WorkerId, WorkflowId};
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Utc};
@@ -271,6 +273,7 @@ fn record(row: &SqliteRow) -> Result<WorkflowRecord, StoreError> {
         id: row.try_get("id")?,
         workflow_type: row.try_get("workflow_type")?,
         key: row.try_get("key")?,
+        tag: row.try_get("tag")?,
         status: status(row)?,
         input: json(row, "input")?,
         state: json(row, "state")?,
@@ -330,6 +333,30 @@ async fn insert_events(
     Ok(())
 }
 
+/// The conditions of a [`ListFilter`] but status and cursor, on parameters `?1..=?7`
+/// (see [`bind_filter`]). Times compare as text (the stored format sorts as time).
+const FILTER: &str = "(?1 is null or workflow_type = ?1)
+    and (?2 is null or tag = ?2)
+    and (?3 is null or created_at >= ?3)
+    and (?4 is null or created_at < ?4)
+    and (?5 is null or instr(lower(key), ?5) > 0
+         or (?6 is not null and id between ?6 and ?7))";
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds `?1..=?7` of [`FILTER`].
+fn bind_filter<'q>(query: SqliteQuery<'q>, f: &'q ListFilter) -> SqliteQuery<'q> {
+    let search = f.search.as_ref();
+    query
+        .bind(f.workflow_type.as_deref())
+        .bind(f.tag.as_deref())
+        .bind(f.created_after.map(ts))
+        .bind(f.created_before.map(ts))
+        .bind(search.map(|s| s.text.as_str()))
+        .bind(search.and_then(|s| s.id_range).map(|r| r.0))
+        .bind(search.and_then(|s| s.id_range).map(|r| r.1))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -353,9 +380,9 @@ impl Store for SqliteStore {
         let inserted: Option<WorkflowId> = sqlx::query_scalar(
             "insert into workflows
                (id, workflow_type, key, status, input, state, pending, output, error, version,
-                next_call_seq, run_at, created_at, updated_at, finished_at)
+                next_call_seq, run_at, created_at, updated_at, finished_at, tag)
              values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13,
-                     case when ?14 then ?13 end)
+                     case when ?14 then ?13 end, ?15)
              on conflict (workflow_type, key) do nothing
              returning id",
         )
@@ -373,6 +400,7 @@ impl Store for SqliteStore {
         .bind(new.run_at.map(ts))
         .bind(&now)
         .bind(new.status.is_terminal())
+        .bind(&new.tag)
         .fetch_optional(&mut *w.tx)
         .await?;
         let Some(id) = inserted else {
@@ -403,21 +431,88 @@ impl Store for SqliteStore {
     }
 
     async fn list_workflows(&self, filter: &ListFilter) -> Result<Vec<WorkflowRecord>, StoreError> {
-        let rows = sqlx::query(
+        let sql = format!(
             "select * from workflows
-             where (?1 is null or status = ?1)
-               and (?2 is null or workflow_type = ?2)
-               and (?3 is null or id < ?3)
+             where {FILTER}
+               and (?8 is null or status = ?8)
+               and (?9 is null or id < ?9)
              order by id desc
-             limit ?4",
-        )
-        .bind(filter.status.map(Status::as_str))
-        .bind(&filter.workflow_type)
-        .bind(filter.cursor)
-        .bind(filter.limit)
-        .fetch_all(&self.pool)
-        .await?;
+             limit ?10"
+        );
+        let rows = bind_filter(sqlx::query(&sql), filter)
+            .bind(filter.status.map(Status::as_str))
+            .bind(filter.cursor)
+            .bind(filter.limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(record).collect()
+    }
+
+    async fn count_workflows(&self, filter: &ListFilter) -> Result<StatusCounts, StoreError> {
+        let sql =
+            format!("select status, count(*) as n from workflows where {FILTER} group by status");
+        let rows = bind_filter(sqlx::query(&sql), filter)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((status(r)?, r.try_get("n")?)))
+            .collect()
+    }
+
+    async fn read_feed(&self, q: &FeedQuery) -> Result<FeedRead, StoreError> {
+        // One writer at a time: ids become visible in order, a gap is never filled later.
+        // Two shapes, so one workflow's events are found by its index, not a scan of `gid`.
+        let workflow = if q.workflow.is_some() {
+            "and e.workflow_id = ?3"
+        } else {
+            "and ?3 is null"
+        };
+        let sql = format!(
+            "select e.gid, e.workflow_id, w.workflow_type, e.seq, e.kind,
+                    case when e.kind = 'transitioned' then json_extract(e.payload, '$.status') end as status,
+                    e.created_at
+             from events e join workflows w on w.id = e.workflow_id
+             where e.gid > ?1 and (?2 is null or e.gid <= ?2) {workflow}
+             order by e.gid
+             limit ?4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(q.after)
+            .bind(q.upto)
+            .bind(q.workflow)
+            .bind(q.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let events = rows
+            .iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                let transitioned: Option<String> = r.try_get("status")?;
+                Ok(FeedEvent {
+                    gid: r.try_get("gid")?,
+                    workflow_id: r.try_get("workflow_id")?,
+                    workflow_type: r.try_get("workflow_type")?,
+                    seq: r.try_get("seq")?,
+                    status: FeedEvent::status_of(&kind, transitioned.as_deref()),
+                    kind,
+                    created_at: get_ts(r, "created_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(FeedRead {
+            events,
+            in_flight: None,
+        })
+    }
+
+    async fn feed_head(&self) -> Result<FeedHead, StoreError> {
+        let max_gid: i64 = sqlx::query_scalar("select coalesce(max(gid), 0) from events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(FeedHead {
+            max_gid,
+            in_flight: None,
+        })
     }
 
     async fn history(

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod paid;
 
 use anyhow::{Context, bail};
