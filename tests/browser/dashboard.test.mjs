@@ -4,9 +4,9 @@
 //
 // It starts a real `kodomasu dev` (embedded SQLite in a temporary directory, simulators, a
 // bootstrap token) on a free port, then in the browser: signs in through the form, watches a
-// demo.chain started over the API complete in the list, pauses and resumes (then cancels)
-// another one from its page, opens the finished one's timeline, filters the list, and visits
-// the workers and flows pages. Screenshots go to target/screenshots/ (or SCREENSHOT_DIR).
+// demo.chain started over the API complete in the list (updated from the live stream), pauses
+// and resumes (then cancels) another one from its page, opens the finished one's timeline,
+// filters the list, opens a paid job's payment, and visits the workers and flows pages. Screenshots go to target/screenshots/ (or SCREENSHOT_DIR).
 //
 // Environment: KODOMASU_BIN (default target/debug/kodomasu), CHROMIUM (default: chromium on
 // PATH), SCREENSHOT_DIR, KEEP_DATA=1 (keep the temporary data directory).
@@ -180,6 +180,10 @@ async function main() {
     }
     await page.waitForSelector('#workflows-table');
 
+    if (!sse) throw new Error('the server has no live stream (/api/v1/events)');
+    if (!timelineEndpoint) throw new Error('the server has no /timeline endpoint');
+    await page.waitForSelector('#live-status[data-state="live"]');
+
     // 2. A job started over the API shows up and completes in the list.
     const stamp = Date.now().toString(36);
     const doneId = await startChain(base, `browser-done-${stamp}`, 4, 300);
@@ -188,6 +192,9 @@ async function main() {
     await page.waitForSelector(doneRow);
     await page.waitForSelector(`${doneRow}[data-status="completed"]`);
     log('it completed in the list');
+    const events = Number(await page.getAttribute('#live-status', 'data-events'));
+    if (!(events > 0)) throw new Error('the page received no transition from /api/v1/events');
+    log(`the page received ${events} transitions from the live stream`);
     await page.waitForFunction(() => Number(document.querySelector('[data-testid="count-completed"]')?.dataset.count) >= 1);
 
     // 3. Another, long enough to pause: pause, resume, cancel from its page.
@@ -264,7 +271,27 @@ async function main() {
     }, doneId);
     log('filters work (status, search)');
 
-    // 6. Workers and flows.
+    // 6. A paid job (simulated Masumi and Kodosumi of `kodomasu dev`): its page shows the payment.
+    const flows = await apiCall(base, 'GET', '/flows');
+    const flow = (flows.flows || []).find((f) => f.available);
+    if (!flow) throw new Error(`no available flow: ${JSON.stringify(flows)}`);
+    const purchaser = randomBytes(8).toString('hex');
+    const startRes = await fetch(`${base}/${flow.uid}/start_job`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ identifier_from_purchaser: purchaser, input_data: { name: 'Alice' } }),
+    });
+    const started = await startRes.json();
+    if (!startRes.ok) throw new Error(`start_job: ${startRes.status} ${JSON.stringify(started)}`);
+    await page.goto(`${base}/dashboard#/workflows/${encodeURIComponent(started.id)}`);
+    await page.waitForSelector(`#workflow-view[data-id="${started.id}"]`);
+    await page.waitForSelector('#wf-status[data-status="completed"]');
+    await page.waitForSelector('#wf-payment:not([hidden]) #payment-fields');
+    await page.waitForSelector('#toast', { state: 'hidden' });
+    await page.screenshot({ path: path.join(SHOTS, '06-paid-job.png'), fullPage: true });
+    log(`paid job ${started.id} on flow "${flow.summary}" completed; its page shows the payment`);
+
+    // 7. Workers and flows.
     await page.click('#nav-workers');
     await page.waitForSelector('[data-testid="worker-row"][data-alive="true"]');
     await page.screenshot({ path: path.join(SHOTS, '04-workers.png'), fullPage: true });
@@ -273,11 +300,10 @@ async function main() {
     await page.screenshot({ path: path.join(SHOTS, '05-flows.png'), fullPage: true });
     log('workers and flows pages show their rows');
 
-    // 7. Live updates: the stream when the server has one, polling otherwise.
+    // 8. Live updates: still following the stream.
     const live = await page.getAttribute('#live-status', 'data-state');
     log(`live status: ${live}`);
-    if (sse && live !== 'live') throw new Error(`the server streams events but the page is "${live}"`);
-    if (!sse && live !== 'polling') throw new Error(`no event stream, yet the page is "${live}"`);
+    if (live !== 'live') throw new Error(`the page is "${live}", not following the live stream`);
 
     if (pageErrors.length) throw new Error(`JavaScript errors on the page:\n${pageErrors.join('\n')}`);
     if (foreignRequests.length) throw new Error(`requests outside the server:\n${foreignRequests.join('\n')}`);

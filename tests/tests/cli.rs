@@ -400,6 +400,18 @@ async fn workflows_commands_against_a_dev_server() -> anyhow::Result<()> {
         "{listed}"
     );
 
+    // The server's filters: key search and creation time.
+    let found = dev.cli_json(&["list", "-q", "cli-done"]).await?;
+    let ids: Vec<&str> = found["workflows"]
+        .as_array()
+        .map(|w| w.iter().filter_map(|w| w["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, [done.as_str()], "{found}");
+    let none = dev
+        .cli_json(&["list", "--created-after", "2999-01-01T00:00:00Z"])
+        .await?;
+    assert_eq!(none["workflows"], json!([]), "{none}");
+
     let out = dev.cli(&["show", &done]).await?;
     assert_ok(&out);
     let text = stdout(&out);

@@ -468,6 +468,8 @@ const DOCS: &[Doc] = &[
     doc("submit_result_within", "services", DURATION, None),
     doc("flow_sync_interval", "services", DURATION, None),
     doc("start_job_timeout", "services", DURATION, None),
+    doc("service_timeout", "services", DURATION, None),
+    doc("result_fetch_timeout", "services", DURATION, None),
     doc("bootstrap_token", "access", "secret", None),
     doc(
         "rate_limit_per_minute",

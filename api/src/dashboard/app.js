@@ -258,6 +258,8 @@
       } catch {
         return;
       }
+      const status = $('#live-status');
+      status.dataset.events = String((Number(status.dataset.events) || 0) + 1);
       if (current && current.onTransition) current.onTransition(data);
     });
     es.addEventListener('error', () => {
@@ -707,7 +709,7 @@
 
     function renderWorkflow(w) {
       workflow = w;
-      title.replaceChildren(el('span', { text: w.type || 'workflow' }), ' ', el('span', { class: 'mono muted', text: w.key || shortId(w.id) }));
+      title.replaceChildren(el('span', { text: w.type || 'workflow' }), ' ', el('span', { class: 'mono muted', title: w.key || w.id, text: shorten(w.key || shortId(w.id), 48) }));
       status.textContent = w.status;
       status.className = `badge big status-${w.status}`;
       status.dataset.status = w.status;
@@ -794,7 +796,7 @@
           el('td', { class: 'mono', text: e.seq }),
           el('td', { class: 'nowrap', title: absolute(e.created_at || e.at), text: absolute(e.created_at || e.at) }),
           el('td', { text: e.kind }),
-          el('td', {}, el('details', {}, el('summary', { text: eventSummary(e) }), el('pre', { text: JSON.stringify(eventFields(e), null, 2) })))))))));
+          el('td', { class: 'details-cell' }, el('details', {}, el('summary', { text: shorten(eventSummary(e), 160) }), el('pre', { text: JSON.stringify(eventFields(e), null, 2) })))))))));
     }
 
     async function loadPayment(w) {
