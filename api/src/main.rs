@@ -80,7 +80,7 @@ async fn run(
             bootstrap_token(store.as_ref(), &server).await?;
             let paid = PaidJobs::from_args(&services)?.map(Arc::new);
             let listener = bind(&server).await?;
-            run_server(store, listener, paid, access, shutdown).await
+            run_server(store, listener, paid, access, None, shutdown).await
         }
         Command::Token(command) => run_token(command).await,
         Command::Dev {
@@ -321,9 +321,13 @@ async fn run_server(
     listener: tokio::net::TcpListener,
     paid: Option<Arc<PaidJobs>>,
     access: api::access::AccessConfig,
+    local_worker: Option<Worker>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(store, registry(paid.as_ref())));
+    if let Some(worker) = &local_worker {
+        engine.dispatch_to(worker);
+    }
     let state = AppState::new(engine, paid.clone(), access);
     let addr = listener.local_addr()?;
     let mut background = JoinSet::new();
@@ -487,13 +491,17 @@ async fn run_dev(
     let paid = PaidJobs::from_args(&services)?.map(Arc::new);
     let listener = bind(&server).await?;
     let addr = listener.local_addr()?;
+    // One process: jobs started over HTTP go straight to this worker while it has a free slot.
+    let config = worker.config().map_err(anyhow::Error::msg)?;
+    let local_worker = Worker::new(store.clone(), registry(paid.as_ref()), config);
     {
         let (store, paid, token) = (store.clone(), paid.clone(), shutdown.clone());
-        parts.spawn(async move { run_server(store, listener, paid, access, token).await });
+        let local = Some(local_worker.clone());
+        parts.spawn(async move { run_server(store, listener, paid, access, local, token).await });
     }
     {
-        let (store, paid, token) = (store.clone(), paid.clone(), shutdown.clone());
-        parts.spawn(async move { run_worker(store, &worker, paid, token).await });
+        let token = shutdown.clone();
+        parts.spawn(async move { local_worker.run(token).await.context("worker failed") });
     }
 
     // Wait for the first flow sync so the printed curl line works.

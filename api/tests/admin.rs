@@ -5,7 +5,6 @@
 //!
 //! Run with `DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo test -p api --test admin`.
 
-#[allow(dead_code)]
 mod common;
 
 use common::{Reply, TestApp, WAIT};
