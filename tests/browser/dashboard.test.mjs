@@ -299,6 +299,16 @@ async function main() {
     await page.waitForSelector('[data-testid="flow-row"]');
     await page.screenshot({ path: path.join(SHOTS, '05-flows.png'), fullPage: true });
     log('workers and flows pages show their rows');
+    // A flow's jobs: the list filtered by that flow shows the paid job.
+    await page.click(`[data-testid="flow-row"][data-uid="${flow.uid}"] a.flow-jobs`);
+    await page.waitForSelector('#filter-flow');
+    await page.waitForFunction((id) => {
+      const rows = [...document.querySelectorAll('[data-testid="workflow-row"]')];
+      return rows.length > 0 && rows.some((r) => r.dataset.id === id);
+    }, started.id);
+    const types = await page.$$eval('[data-testid="workflow-row"] td:nth-child(3)', (cells) => cells.map((c) => c.textContent));
+    if (types.some((t) => t !== 'paid_job')) throw new Error(`the flow's list shows other types: ${types}`);
+    log('the flow\'s jobs link lists its paid job');
 
     // 8. Live updates: still following the stream.
     const live = await page.getAttribute('#live-status', 'data-state');

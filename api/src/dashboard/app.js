@@ -925,28 +925,33 @@
     async function refresh() {
       try {
         const data = await fetchFlows();
-        const flows = (data && data.flows) || (Array.isArray(data) ? data : []);
+        // A flow's sale settings become columns of their own.
+        const flows = ((data && data.flows) || (Array.isArray(data) ? data : [])).map((f) => {
+          const { settings, ...rest } = f;
+          return settings && typeof settings === 'object' ? { ...rest, ...settings } : f;
+        });
         if (!flows.length) {
           body.replaceChildren(el('p', { class: 'muted', text: 'No flows: paid jobs are not configured on this server.' }));
           return;
         }
-        const preferred = ['summary', 'name', 'uid', 'available', 'network', 'description'];
-        const keys = preferred.filter((k) => flows.some((f) => k in f));
-        for (const f of flows) {
-          for (const k of Object.keys(f)) if (!keys.includes(k)) keys.push(k);
-        }
-        const cell = (v) => {
-          if (v !== null && typeof v === 'object') {
-            return el('td', {}, el('details', {}, el('summary', { text: shorten(compact(v), 32) }), el('pre', { text: JSON.stringify(v, null, 2) })));
-          }
-          const text = v === null || v === undefined ? '–' : String(v);
-          return el('td', { title: text.length > 40 ? text : null, class: text.length > 24 && !/\s/.test(text) ? 'mono' : '' , text: shorten(text, 40) });
-        };
+        const text = (v) => (v === null || v === undefined || v === '' ? '–' : String(v));
+        const columns = [
+          ['Flow', (f) => [el('div', { text: f.summary || f.name || f.uid }), el('div', { class: 'muted small', text: shorten(f.description || '', 90) })]],
+          ['UID', (f) => el('span', { class: 'mono nowrap', title: f.uid, text: shorten(f.uid, 14) })],
+          ['Available', (f) => (f.available === false
+            ? el('span', { class: 'badge small status-failed', title: text(f.unavailable_reason), text: text(f.unavailable_reason || 'no') })
+            : el('span', { class: 'badge small status-completed', text: 'yes' }))],
+          ['Network', (f) => text(f.network)],
+          ['Pay by', (f) => text(f.pay_by)],
+          ['Submit within', (f) => text(f.submit_result_within)],
+          ['Refund on dispute', (f) => text(f.refund_on_dispute)],
+          ['Agent', (f) => el('span', { class: 'mono nowrap', title: text(f.agent_identifier), text: shorten(text(f.agent_identifier), 14) })],
+          ['', (f) => (f.uid ? el('a', { href: `#/workflows${query({ type: 'paid_job', flow: f.uid })}`, class: 'flow-jobs nowrap', text: 'jobs →' }) : '')],
+        ];
         body.replaceChildren(el('div', { class: 'table-wrap' }, el('table', { class: 'data', id: 'flows-table' },
-          el('thead', {}, el('tr', {}, keys.map((k) => el('th', { text: k.replace(/_/g, ' ') })), el('th', { text: 'jobs' }))),
+          el('thead', {}, el('tr', {}, columns.map(([h]) => el('th', { text: h })))),
           el('tbody', {}, flows.map((f) => el('tr', { 'data-testid': 'flow-row', dataset: { uid: f.uid || '' } },
-            keys.map((k) => cell(f[k])),
-            el('td', {}, f.uid ? el('a', { href: `#/workflows${query({ type: 'paid_job', flow: f.uid })}`, text: 'jobs →' }) : '–')))))));
+            columns.map(([, cell]) => el('td', {}, cell(f)))))))));
       } catch (e) {
         showError(body, e);
       }
