@@ -16,10 +16,7 @@ die() { printf '[browser-test.sh] %s\n' "$*" >&2; exit 1; }
 
 find_chromium() {
   local name
-  if [[ -n "${CHROMIUM:-}" ]]; then
-    [[ -x "$CHROMIUM" ]] && { echo "$CHROMIUM"; return 0; }
-    die "CHROMIUM=$CHROMIUM is not an executable"
-  fi
+  if [[ -n "${CHROMIUM:-}" ]]; then echo "$CHROMIUM"; return 0; fi
   for name in chromium chromium-browser; do
     if command -v "$name" >/dev/null 2>&1; then command -v "$name"; return 0; fi
   done
@@ -39,6 +36,9 @@ apt_install() {
   apt-get install -y -qq $2 >/dev/null || die "apt-get install $2 failed"
 }
 
+if [[ -n "${CHROMIUM:-}" && ! -x "$CHROMIUM" ]]; then
+  die "CHROMIUM=$CHROMIUM is not an executable"
+fi
 if ! chromium_bin="$(find_chromium)"; then
   apt_install "Chromium" chromium
   chromium_bin="$(find_chromium)" || die "chromium was installed but is not on PATH"
