@@ -157,7 +157,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(scrape))
 }
 
-async fn scrape(State(state): State<AppState>) -> Response {
+/// The process's metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format (`text/plain; version=0.0.4`)", content_type = "text/plain", body = String)))]
+pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
     let text = state.metrics.render(state.engine.store().as_ref()).await;
     exposition(text)
 }

@@ -18,12 +18,17 @@ pub fn router() -> Router<AppState> {
 }
 
 /// 200 while the process serves requests.
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "`{status: ok}`; no database call", body = Object)))]
 pub async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// 200 when the database answers and every embedded migration is applied, else 503.
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses((status = 200, description = "`{status: ok, database: ok, migrations: applied}`", body = Object),
+        (status = 503, description = "The database is unreachable or migrations are pending", body = Object)))]
+pub(crate) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match state.engine.store().pending_migrations().await {
         Ok(pending) if pending.is_empty() => (
             StatusCode::OK,
