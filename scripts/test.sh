@@ -84,3 +84,7 @@ log "building the workspace"
 cargo build --workspace --all-targets --locked
 log "running the tests"
 cargo test --workspace --locked "$@"
+
+# The dashboard in headless Chromium (installs Chromium and the test's npm packages if missing).
+log "running the browser test"
+KODOMASU_BIN="$PWD/target/debug/kodomasu" bash scripts/browser-test.sh

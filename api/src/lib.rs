@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod bench;
+pub mod cli;
 pub mod error;
 pub mod filter;
 pub mod flows;
@@ -118,6 +119,7 @@ pub fn app(state: AppState, admin: &Admin) -> Router {
     }
     let app = Router::new()
         .merge(routes::health::router())
+        .merge(routes::dashboard::router())
         .merge(metrics::router())
         .merge(access::router())
         .merge(openapi::router())

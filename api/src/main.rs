@@ -8,7 +8,6 @@ use api::settings::{
     SimCommand, TokenCommand, WorkerArgs, WorkerMetricsArgs,
 };
 use api::{AppState, PaidJobs};
-use clap::Parser;
 use engine::{Engine, PgStore, SqliteStore, Store, Worker};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = api::cli::config::parse_or_exit();
     #[cfg(feature = "otel")]
     let otlp_endpoint = cli.log.otlp_endpoint.clone();
     #[cfg(not(feature = "otel"))]
@@ -43,13 +42,17 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         signals.cancel();
     });
 
-    let result = run(cli.command, shutdown.clone()).await;
+    let result = run(cli.command, cli.config_file, shutdown.clone()).await;
     shutdown.cancel();
     tasks.abort_all();
     result
 }
 
-async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn run(
+    command: Command,
+    config_file: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     match command {
         Command::Migrate(db) => {
             let store = connect(&db).await?;
@@ -89,7 +92,20 @@ async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<()
         Command::Sim(SimCommand::Masumi(args)) => run_masumi_sim(&args, shutdown).await,
         Command::Sim(SimCommand::Kodosumi(args)) => run_kodosumi_sim(&args, shutdown).await,
         Command::Bench(args) => api::bench::run(args, shutdown).await,
+        Command::Workflows(args) => operator_result(api::cli::run_workflows(args).await),
+        Command::Config(command) => {
+            operator_result(api::cli::config::run(command, config_file.as_deref()))
+        }
     }
+}
+
+/// Operators' commands print their error as one message (no backtrace) and exit with 1.
+fn operator_result<E: std::fmt::Display>(result: Result<(), E>) -> anyhow::Result<()> {
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn wait_for_stop_signal() {

@@ -13,6 +13,15 @@ pub struct Cli {
     pub command: Command,
     #[command(flatten)]
     pub log: LogArgs,
+    /// Settings file (TOML, see `kodomasu config init`); flags and environment variables
+    /// override its values.
+    #[arg(
+        long = "config",
+        env = "KODOMASU_CONFIG",
+        value_name = "PATH",
+        global = true
+    )]
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +70,11 @@ pub enum Command {
     /// ceiling (`kodomasu bench`), the idle cost of workers (`kodomasu bench idle`), or how fast
     /// a killed worker's workflows move again (`kodomasu bench recovery`).
     Bench(crate::bench::BenchArgs),
+    /// Operators' commands against a running server: list, show, history, signal.
+    Workflows(crate::cli::WorkflowsArgs),
+    /// Write (`init`) or check (`check`) a settings file.
+    #[command(subcommand)]
+    Config(crate::cli::ConfigCommand),
 }
 
 #[derive(Debug, Subcommand)]

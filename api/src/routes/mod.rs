@@ -1,6 +1,7 @@
 //! Route modules, one per resource.
 
 pub mod admin;
+pub mod dashboard;
 pub mod health;
 pub mod mip003;
 pub mod workers;
