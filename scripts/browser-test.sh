@@ -60,7 +60,7 @@ log "npm ci (tests/browser)"
 if [[ -z "${KODOMASU_BIN:-}" ]]; then
   log "building the kodomasu binary"
   cargo build -p api --bin kodomasu --locked
-  export KODOMASU_BIN="$PWD/target/debug/kodomasu"
+  export KODOMASU_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/kodomasu"
 fi
 
 export CHROMIUM="$chromium_bin"

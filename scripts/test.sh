@@ -87,4 +87,4 @@ cargo test --workspace --locked "$@"
 
 # The dashboard in headless Chromium (installs Chromium and the test's npm packages if missing).
 log "running the browser test"
-KODOMASU_BIN="$PWD/target/debug/kodomasu" bash scripts/browser-test.sh
+KODOMASU_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/kodomasu" bash scripts/browser-test.sh
