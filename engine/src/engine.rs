@@ -197,14 +197,9 @@ impl Engine {
         let created = match local {
             None => self.store.create_workflow(new).await?,
             Some(reservation) => {
-                let (created, claimed) = self
-                    .store
-                    .create_workflow_leased(new, reservation.worker_id(), reservation.lease_ttl())
-                    .await?;
-                if let Some(claimed) = claimed {
-                    reservation.hand_over(claimed);
-                }
-                created
+                reservation
+                    .create_and_drive(self.store.clone(), new)
+                    .await?
             }
         };
         if created.created {

@@ -12,7 +12,8 @@ use crate::driver::{self, AttemptEnd, AttemptSpec, Draft};
 use crate::journal::{Cause, Pending, Status};
 use crate::registry::Registry;
 use crate::store::{
-    Claimed, LeaseAfter, LeaseRenewal, NewAttempt, Presence, Store, StoreError, Wake, WorkerInfo,
+    Claimed, Created, LeaseAfter, LeaseRenewal, NewAttempt, NewWorkflow, Presence, Store,
+    StoreError, Wake, WorkerInfo,
 };
 use crate::{AttemptOutcome, EngineError, WorkerId, WorkflowError, WorkflowId};
 use backon::{ExponentialBuilder, Retryable};
@@ -174,16 +175,46 @@ impl LocalDispatch {
 }
 
 impl Reservation {
-    pub(crate) fn worker_id(&self) -> WorkerId {
+    fn worker_id(&self) -> WorkerId {
         self.worker.shared.id
     }
 
-    pub(crate) fn lease_ttl(&self) -> Duration {
+    fn lease_ttl(&self) -> Duration {
         self.worker.shared.config.lease_ttl
     }
 
+    /// Creates `new` leased to this worker and drives it. The insert and the hand-over run in
+    /// the worker's own task set, so a caller that goes away mid-way (an HTTP client that
+    /// disconnects drops the request's future) cannot leave a committed, leased row that
+    /// nobody drives until its lease runs out.
+    pub(crate) async fn create_and_drive(
+        self,
+        store: Arc<dyn Store>,
+        new: NewWorkflow,
+    ) -> Result<Created, StoreError> {
+        let (answer, created) = tokio::sync::oneshot::channel();
+        let tracker = self.worker.shared.drives.clone();
+        tracker.spawn(async move {
+            let result = store
+                .create_workflow_leased(new, self.worker_id(), self.lease_ttl())
+                .await
+                .map(|(created, claimed)| {
+                    if let Some(claimed) = claimed {
+                        self.hand_over(claimed);
+                    }
+                    created
+                });
+            let _ = answer.send(result);
+        });
+        created.await.unwrap_or_else(|_| {
+            Err(StoreError::Corrupt(
+                "the start task ended without an answer".into(),
+            ))
+        })
+    }
+
     /// Drives the workflow created leased to this worker, in the worker's own task set.
-    pub(crate) fn hand_over(self, claimed: Claimed) {
+    fn hand_over(self, claimed: Claimed) {
         let Self { worker, permit } = self;
         let s = &worker.shared;
         s.clock.observe(claimed.db_now);
