@@ -738,11 +738,6 @@ impl Store for Observed {
         self.inner.presence(worker).await
     }
 
-    async fn reap_worker(&self, worker: WorkerId) -> Result<u64, StoreError> {
-        bump(&self.tracker.counters.other, 1);
-        self.inner.reap_worker(worker).await
-    }
-
     async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, StoreError> {
         bump(&self.tracker.counters.reads, 1);
         self.inner.get_workflow(id).await

@@ -431,8 +431,13 @@ pub(crate) async fn workflow_events(
     Ok(stream(&live, Some(id), Some(after)))
 }
 
-/// Where a stream without a resume point starts: after the newest event visible when the
-/// request arrived, so everything that happens after the request is delivered.
+/// Where a stream without a resume point starts: no later than the newest event visible when
+/// the request arrived, so whatever happens after the request is delivered. An id below the
+/// feed's head may still belong to a transaction in flight; when the hub has a settled position
+/// (everything up to it is final) the stream starts there, which may repeat a few events from
+/// just before the request. With no hub position yet (no other stream open) it starts at the
+/// head: an event of a transaction that began before the request and commits after it can then
+/// be missed by this stream (never by the journal, nor by a resume with `Last-Event-ID`).
 async fn now_position(live: &Live) -> Result<i64, ApiError> {
     let head = live
         .hub
@@ -441,7 +446,12 @@ async fn now_position(live: &Live) -> Result<i64, ApiError> {
         .feed_head()
         .await
         .map_err(engine::EngineError::from)?;
-    Ok(head.max_gid)
+    let settled = *live.hub.head.borrow();
+    let in_flight = head.in_flight.as_ref().is_some_and(|t| !t.is_empty());
+    Ok(match settled {
+        Some(settled) if in_flight => settled.min(head.max_gid),
+        _ => head.max_gid,
+    })
 }
 
 pub fn router() -> Router<AppState> {

@@ -162,6 +162,7 @@ impl LocalDispatch {
         let s = &self.worker.shared;
         if !s.accepting.load(Ordering::Acquire)
             || s.stopping.is_cancelled()
+            || s.crashed.is_cancelled()
             || !s.workflow_types.iter().any(|t| t == workflow_type)
         {
             return None;
@@ -195,15 +196,26 @@ impl Reservation {
         let (answer, created) = tokio::sync::oneshot::channel();
         let tracker = self.worker.shared.drives.clone();
         tracker.spawn(async move {
+            let (id, worker) = (new.id, self.worker_id());
             let result = store
-                .create_workflow_leased(new, self.worker_id(), self.lease_ttl())
-                .await
-                .map(|(created, claimed)| {
+                .create_workflow_leased(new, worker, self.lease_ttl())
+                .await;
+            let result = match result {
+                Ok((created, claimed)) => {
                     if let Some(claimed) = claimed {
                         self.hand_over(claimed);
                     }
-                    created
-                });
+                    Ok(created)
+                }
+                Err(e) => {
+                    // The insert may have committed with its answer lost: hand the lease back
+                    // (a no-op when the row does not exist) so it does not wait out its TTL.
+                    if let Err(release) = store.release_leases(worker, &[(id, 1)]).await {
+                        warn!(workflow.id = %id, error.message = %release, "could not release a possibly created lease");
+                    }
+                    Err(e)
+                }
+            };
             let _ = answer.send(result);
         });
         created.await.unwrap_or_else(|_| {
@@ -366,12 +378,14 @@ impl Worker {
             s.abandon.cancel();
             tracker.wait().await;
         }
-        renew_stop.cancel();
-        while loops.join_next().await.is_some() {}
-        crash_guard.disarm();
+        // Stopped in the registry before the presence goes, so the peer that sees the lock go
+        // free finds a stopped worker, not a dead one.
         if let Err(e) = s.store.worker_stopped(s.id).await {
             warn!(error.message = %e, "could not mark worker stopped");
         }
+        renew_stop.cancel();
+        while loops.join_next().await.is_some() {}
+        crash_guard.disarm();
         info!(worker.id = %s.id, "worker stopped");
         Ok(())
     }
@@ -437,14 +451,9 @@ impl Worker {
                 tokio::select! { d = presence.next_death() => d, _ = stop.cancelled() => return };
             match death {
                 Ok(None) => {}
-                Ok(Some(dead)) => match s.store.reap_worker(dead).await {
-                    Ok(freed) => {
-                        info!(worker.id = %s.id, dead_worker.id = %dead, workflows = freed, "worker died; its workflows move now")
-                    }
-                    Err(e) => {
-                        warn!(dead_worker.id = %dead, error.message = %e, "could not reap a dead worker; its leases will expire")
-                    }
-                },
+                Ok(Some((dead, freed))) => {
+                    info!(worker.id = %s.id, dead_worker.id = %dead, workflows = freed, "worker died; its workflows move now")
+                }
                 Err(e) => {
                     warn!(error.message = %e, "presence session failed; taking it again");
                     drop(presence);
@@ -456,7 +465,9 @@ impl Worker {
                         Ok::<_, StoreError>(p)
                     };
                     let again = tokio::select! {
-                        p = acquire.retry(ExponentialBuilder::default().with_max_delay(Duration::from_secs(10)).without_max_times())
+                        // Quickly at first: peers count this worker dead if its lock stays
+                        // free for 250 ms (see `pg_presence`).
+                        p = acquire.retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(50)).with_max_delay(Duration::from_secs(10)).without_max_times())
                             .notify(|e: &StoreError, d| warn!(error.message = %e, retry_in = ?d, "presence failed")) => p,
                         _ = stop.cancelled() => return,
                     };
@@ -675,7 +686,13 @@ impl Worker {
             lease.epoch = held.epoch,
         );
         let result = self.drive_steps(claimed, &held).instrument(span).await;
-        lock(&self.shared.held).remove(&id);
+        // Only this drive's entry: after a reap this worker may have claimed the workflow again.
+        {
+            let mut held_map = lock(&self.shared.held);
+            if held_map.get(&id).is_some_and(|cur| Arc::ptr_eq(cur, &held)) {
+                held_map.remove(&id);
+            }
+        }
         match result {
             Ok(()) | Err(StepStop::Fenced) => {}
             Err(StepStop::Release) => {

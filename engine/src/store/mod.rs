@@ -200,12 +200,14 @@ pub struct WorkerInfo {
 pub trait Presence: Send + Debug {
     /// The id of the session whose wait a joining worker interrupts (recorded in the registry).
     fn watch_pid(&self) -> Option<i32>;
-    /// Waits for a watched worker to die and returns it; `None` when the wait ended without a
-    /// death (periodic recheck, or a worker joined); call again.
+    /// Waits for a watched worker to die, reaps it (marks it stopped and expires its leases so
+    /// other workers claim its workflows now, with a wake-up hint) and returns it with how many
+    /// workflows it held; `None` when the wait ended without a death (periodic recheck, a
+    /// worker joined, a false alarm); call again.
     ///
     /// # Errors
     /// When a presence session failed: drop this presence and acquire a new one.
-    async fn next_death(&mut self) -> Result<Option<WorkerId>, StoreError>;
+    async fn next_death(&mut self) -> Result<Option<(WorkerId, u64)>, StoreError>;
 }
 
 /// Filters of [`Store::list_workflows`] and [`Store::count_workflows`]; newest first, `cursor`
@@ -424,11 +426,6 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// cannot tell a dead process from a live one (then leases alone find dead workers).
     async fn presence(&self, _worker: WorkerId) -> Result<Option<Box<dyn Presence>>, StoreError> {
         Ok(None)
-    }
-    /// A worker was found dead: marks it stopped and expires its leases so that other workers
-    /// claim its workflows now; returns how many it held.
-    async fn reap_worker(&self, _worker: WorkerId) -> Result<u64, StoreError> {
-        Ok(0)
     }
     async fn worker_heartbeat(&self, worker: WorkerId, slots_used: i32) -> Result<(), StoreError>;
     async fn worker_stopped(&self, worker: WorkerId) -> Result<(), StoreError>;

@@ -29,6 +29,12 @@ use std::time::Duration;
 /// cancels the wait sooner).
 pub(crate) const WATCH_RECHECK: Duration = Duration::from_secs(30);
 
+/// How long a peer's lock must stay free before the peer counts as dead. A live worker whose
+/// sessions were all cut at once (a database restart, a `pg_terminate_backend` sweep, a proxy
+/// reset) takes its lock back within this, and so keeps its workflows instead of having them
+/// fenced and their running activities run again. It adds this much to a real death's recovery.
+const CONFIRM_DEAD_AFTER: Duration = Duration::from_millis(250);
+
 /// `application_name` of watcher sessions; only those are ever cancelled by a joining worker.
 const WATCH_APP: &str = "kodomasu-watch";
 
@@ -108,13 +114,32 @@ impl Presence for PgPresence {
         Some(self.watcher_pid)
     }
 
-    async fn next_death(&mut self) -> Result<Option<WorkerId>, StoreError> {
+    async fn next_death(&mut self) -> Result<Option<(WorkerId, u64)>, StoreError> {
+        match self.watch_once().await {
+            Err(StoreError::Database(e)) if is_interrupted_wait(&e) => Ok(None),
+            other => other,
+        }
+    }
+}
+
+impl PgPresence {
+    /// One round of the watch: the first round sweeps and announces this worker; then waits on
+    /// the successor's lock. A statement interrupted by a joining worker's cancel or by
+    /// `lock_timeout` surfaces as an error the caller turns into "look again".
+    async fn watch_once(&mut self) -> Result<Option<(WorkerId, u64)>, StoreError> {
+        // A cancel that hit between "lock granted" and the unlock left a lock behind: this
+        // session holds no lock of its own, so drop whatever it holds.
+        sqlx::query("select pg_advisory_unlock_all()")
+            .execute(&mut self.watcher)
+            .await?;
         if !self.joined {
             self.join().await?;
             self.joined = true;
         }
-        if let Some(dead) = self.found.pop_front() {
-            return Ok(Some(dead));
+        while let Some(dead) = self.found.pop_front() {
+            if let Some(freed) = self.reap_if_free(dead).await? {
+                return Ok(Some((dead, freed)));
+            }
         }
         // A holder session cut on its own (`pg_terminate_backend`, a proxy timeout) has lost our
         // lock; fail so that the worker takes its presence again.
@@ -129,45 +154,63 @@ impl Presence for PgPresence {
         .bind(self.me)
         .fetch_optional(&mut self.watcher)
         .await?;
-        let outcome = match successor {
+        let Some(peer) = successor else {
             // Alone: sleep in a cancellable statement, so a joining worker can wake us.
-            None => sqlx::query("select pg_sleep($1)")
+            sqlx::query("select pg_sleep($1)")
                 .bind(WATCH_RECHECK.as_secs_f64())
                 .execute(&mut self.watcher)
-                .await
-                .map(|_| None),
-            Some(peer) => sqlx::query("select pg_advisory_lock($1)")
-                .bind(presence_key(peer))
-                .execute(&mut self.watcher)
-                .await
-                .map(|_| Some(peer)),
+                .await?;
+            return Ok(None);
         };
-        match outcome {
-            Ok(Some(peer)) => {
-                sqlx::query("select pg_advisory_unlock($1)")
-                    .bind(presence_key(peer))
-                    .execute(&mut self.watcher)
-                    .await?;
-                Ok(Some(peer))
-            }
-            Ok(None) => Ok(None),
-            Err(e) if is_interrupted_wait(&e) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        sqlx::query("select pg_advisory_lock($1)")
+            .bind(presence_key(peer))
+            .execute(&mut self.watcher)
+            .await?;
+        // Its session ended. Let go, so that a live peer whose sessions were merely cut can take
+        // its lock back, and look again after the grace.
+        sqlx::query("select pg_advisory_unlock($1)")
+            .bind(presence_key(peer))
+            .execute(&mut self.watcher)
+            .await?;
+        tokio::time::sleep(CONFIRM_DEAD_AFTER).await;
+        Ok(self.reap_if_free(peer).await?.map(|freed| (peer, freed)))
     }
-}
 
-impl PgPresence {
+    /// If nobody holds `peer`'s lock, reaps it while holding the lock (so the peer cannot come
+    /// back between the check and the reap) and returns how many workflows it held; `None` when
+    /// the peer holds its lock (alive) or was already stopped.
+    async fn reap_if_free(&mut self, peer: WorkerId) -> Result<Option<u64>, StoreError> {
+        let free: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+            .bind(presence_key(peer))
+            .fetch_one(&mut self.watcher)
+            .await?;
+        if !free {
+            return Ok(None);
+        }
+        let reaped = super::postgres::reap_worker(&mut self.watcher, peer).await;
+        let unlocked = sqlx::query("select pg_advisory_unlock($1)")
+            .bind(presence_key(peer))
+            .execute(&mut self.watcher)
+            .await;
+        let reaped = reaped?;
+        unlocked?;
+        Ok(reaped)
+    }
+
     /// Once registered: finds workers that died while nobody watched them (every worker was
     /// down, or they predate presence), and interrupts the wait of this worker's predecessor
     /// in the ring so that it watches this worker from now on.
     async fn join(&mut self) -> Result<(), StoreError> {
+        // Only workers that hold a presence: a row without `watch_pid` belongs to a version
+        // that predates it (a rolling upgrade) and is left to its lease.
         let others: Vec<WorkerId> = sqlx::query_scalar(
-            "select id from kodomasu.workers where stopped_at is null and id <> $1",
+            "select id from kodomasu.workers
+             where stopped_at is null and watch_pid is not null and id <> $1",
         )
         .bind(self.me)
         .fetch_all(&mut self.watcher)
         .await?;
+        let mut suspects = Vec::new();
         for peer in others {
             let free: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
                 .bind(presence_key(peer))
@@ -178,8 +221,14 @@ impl PgPresence {
                     .bind(presence_key(peer))
                     .execute(&mut self.watcher)
                     .await?;
-                self.found.push_back(peer);
+                suspects.push(peer);
             }
+        }
+        if !suspects.is_empty() {
+            // Peers restarting together with this one (after a database restart) may not have
+            // taken their locks back yet; `watch_once` checks each again before reaping.
+            tokio::time::sleep(CONFIRM_DEAD_AFTER).await;
+            self.found.extend(suspects);
         }
         sqlx::query(
             "select pg_cancel_backend(a.pid) from pg_stat_activity a

@@ -783,29 +783,6 @@ impl Store for PgStore {
         Ok(Some(Box::new(presence)))
     }
 
-    async fn reap_worker(&self, worker: WorkerId) -> Result<u64, StoreError> {
-        let freed: i64 = sqlx::query_scalar(
-            "with stopped as (
-                update kodomasu.workers set stopped_at = coalesce(stopped_at, now()), slots_used = 0
-                where id = $1 returning id
-             ), freed as (
-                update kodomasu.workflows set lease_expires_at = now()
-                where lease_owner = $1 and lease_expires_at > now() returning id
-             )
-             select count(*) from freed",
-        )
-        .bind(worker)
-        .fetch_one(&self.pool)
-        .await?;
-        if freed > 0 {
-            sqlx::query("select pg_notify($1, '')")
-                .bind(WAKE_CHANNEL)
-                .execute(&self.pool)
-                .await?;
-        }
-        Ok(freed as u64)
-    }
-
     async fn worker_heartbeat(&self, worker: WorkerId, slots_used: i32) -> Result<(), StoreError> {
         sqlx::query(
             "update kodomasu.workers set heartbeat_at = now(), slots_used = $2 where id = $1",
@@ -1020,4 +997,38 @@ impl WakeListener for PgWakeListener {
             }
         }
     }
+}
+
+/// Reaps a worker found dead (see `pg_presence`): marks it stopped and expires its leases so
+/// other workers claim its workflows now, and wakes them. Returns how many workflows it held, or
+/// `None` when it was already stopped (a graceful stop: nothing to take over).
+pub(super) async fn reap_worker(
+    conn: &mut sqlx::PgConnection,
+    worker: WorkerId,
+) -> Result<Option<u64>, StoreError> {
+    let row: Option<i64> = sqlx::query_scalar(
+        "with stopped as (
+            update kodomasu.workers set stopped_at = now(), slots_used = 0
+            where id = $1 and stopped_at is null returning id
+         ), freed as (
+            update kodomasu.workflows set lease_expires_at = now()
+            where lease_owner = $1 and lease_expires_at > now()
+              and exists (select 1 from stopped)
+            returning id
+         )
+         select (select count(*) from freed) from stopped",
+    )
+    .bind(worker)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(freed) = row else {
+        return Ok(None);
+    };
+    if freed > 0 {
+        sqlx::query("select pg_notify($1, '')")
+            .bind(WAKE_CHANNEL)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Some(freed as u64))
 }
