@@ -174,7 +174,7 @@ impl Engine {
             Pending::Timer { due_at } => Some(*due_at),
             Pending::Signal | Pending::Nothing => None,
         };
-        let events = draft.events.clone();
+        let tally = crate::metrics::EventTally::of(&draft.events);
         let new = NewWorkflow {
             id,
             workflow_type: workflow_type.to_owned(),
@@ -203,7 +203,7 @@ impl Engine {
             }
         };
         if created.created {
-            crate::metrics::started(workflow_type, &events);
+            crate::metrics::started(workflow_type, &tally);
         }
         Ok(Started {
             id: created.id,

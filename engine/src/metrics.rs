@@ -57,18 +57,7 @@ fn cause_label(cause: &Cause) -> &'static str {
 
 /// Counts what a journaled write recorded: transitions, terminal events and attempts.
 pub(crate) fn journaled(workflow_type: &str, events: &[EventKind], attempts: &[NewAttempt]) {
-    for event in events {
-        match event {
-            EventKind::Transitioned { cause, .. } => {
-                counter!(TRANSITIONS, "workflow_type" => workflow_type.to_owned(), "cause" => cause_label(cause))
-                    .increment(1);
-            }
-            EventKind::Completed { .. } => finished(workflow_type, "completed"),
-            EventKind::Failed { .. } => finished(workflow_type, "failed"),
-            EventKind::Cancelled => finished(workflow_type, "cancelled"),
-            _ => {}
-        }
-    }
+    EventTally::of(events).record(workflow_type);
     for a in attempts {
         let outcome = a.outcome.as_str();
         counter!(ACTIVITY_ATTEMPTS, "activity" => a.activity_name.clone(), "outcome" => outcome)
@@ -80,15 +69,51 @@ pub(crate) fn journaled(workflow_type: &str, events: &[EventKind], attempts: &[N
     }
 }
 
+/// What the metrics count of some events, taken before the events move into a write (so the
+/// events themselves, with their payloads, need not be copied).
+#[derive(Debug, Default)]
+pub(crate) struct EventTally {
+    /// Causes of `transitioned` events.
+    transitions: Vec<&'static str>,
+    /// The terminal status, if the events finish the workflow.
+    finished: Option<&'static str>,
+}
+
+impl EventTally {
+    pub(crate) fn of(events: &[EventKind]) -> Self {
+        let mut tally = Self::default();
+        for event in events {
+            match event {
+                EventKind::Transitioned { cause, .. } => tally.transitions.push(cause_label(cause)),
+                EventKind::Completed { .. } => tally.finished = Some("completed"),
+                EventKind::Failed { .. } => tally.finished = Some("failed"),
+                EventKind::Cancelled => tally.finished = Some("cancelled"),
+                _ => {}
+            }
+        }
+        tally
+    }
+
+    fn record(&self, workflow_type: &str) {
+        for cause in &self.transitions {
+            counter!(TRANSITIONS, "workflow_type" => workflow_type.to_owned(), "cause" => *cause)
+                .increment(1);
+        }
+        if let Some(status) = self.finished {
+            finished(workflow_type, status);
+        }
+    }
+}
+
 fn finished(workflow_type: &str, status: &'static str) {
     counter!(WORKFLOWS_FINISHED, "workflow_type" => workflow_type.to_owned(), "status" => status)
         .increment(1);
 }
 
 /// Counts a created workflow and what its first write journaled.
-pub(crate) fn started(workflow_type: &str, events: &[EventKind]) {
+pub(crate) fn started(workflow_type: &str, first_write: &EventTally) {
     counter!(WORKFLOWS_STARTED, "workflow_type" => workflow_type.to_owned()).increment(1);
-    journaled(workflow_type, events, &[]);
+    first_write.record(workflow_type);
 }
 
 /// Counts a claim that took over an expired lease.
