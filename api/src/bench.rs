@@ -34,8 +34,8 @@ use engine::store::{
     StepCommit, StoreError, StoredSignal, WakeListener, WorkerInfo,
 };
 use engine::{
-    ActivityAttempt, Engine, Event, EventKind, PgStore, Registry, Status, Store, Worker,
-    WorkerConfig, WorkerId, WorkerRecord, WorkflowId, WorkflowRecord,
+    ActivityAttempt, Engine, Event, EventKind, GroupCommit, PgStore, Registry, Status, Store,
+    Worker, WorkerConfig, WorkerId, WorkerRecord, WorkflowId, WorkflowRecord,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -155,6 +155,14 @@ pub struct RunArgs {
     /// How long each commit probe runs (the ceiling, then the single-connection latency).
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub probe_time: Duration,
+    /// Group commit: batches of step commits (and of workflow creations) on their way to the
+    /// database at once; a commit that finds fewer goes at once, the others wait for the
+    /// next batch (`1` with `--commit-batch 1`: every commit alone, one after another).
+    #[arg(long, default_value_t = GroupCommit::default().max_in_flight)]
+    pub commit_batches_in_flight: usize,
+    /// Group commit: the most commits (or creations) one batch takes.
+    #[arg(long, default_value_t = GroupCommit::default().max_batch)]
+    pub commit_batch: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -1290,7 +1298,13 @@ async fn run_workload(
         .await?;
     let tracker = Arc::new(Tracker::default());
     let store: Arc<dyn Store> = Arc::new(Observed {
-        inner: PgStore::new(pool.clone()),
+        inner: PgStore::with_group_commit(
+            pool.clone(),
+            GroupCommit {
+                max_in_flight: args.commit_batches_in_flight,
+                max_batch: args.commit_batch,
+            },
+        ),
         tracker: tracker.clone(),
     });
     let engine = Arc::new(Engine::new(store.clone(), registry.clone()));

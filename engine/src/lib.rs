@@ -44,7 +44,7 @@ pub use journal::{
 pub use registry::Registry;
 pub use retry::backoff_delay;
 pub use signal::{BuiltinSignal, SignalName};
-pub use store::{AccessToken, PgStore, SqliteStore, Store, StoreError, StoreGauges};
+pub use store::{AccessToken, GroupCommit, PgStore, SqliteStore, Store, StoreError, StoreGauges};
 pub use worker::{LocalDispatch, Worker, WorkerConfig, WorkerHandle};
 pub use workflow::{
     ActivityCall, ActivityOutcome, Next, NoSignal, Transition, Workflow, WorkflowError,

@@ -12,10 +12,12 @@
 //!   ordered by their gapless `seq`;
 //! - [`Store::listen`] hints are best effort; workers also poll.
 
+mod pg_batch;
 mod pg_presence;
 mod postgres;
 mod sqlite;
 
+pub use pg_batch::GroupCommit;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

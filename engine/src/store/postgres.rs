@@ -1,5 +1,6 @@
 //! The PostgreSQL journal: the production backend.
 
+use super::pg_batch::{self, BatchQueue, CommitQueue, GroupCommit};
 use super::pg_presence::PgPresence;
 use super::{
     AccessToken, Claimed, Committed, Created, FeedHead, FeedQuery, FeedRead, LeaseAfter,
@@ -15,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use sqlx::Row;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -29,12 +31,31 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Step commits of this process's workers, grouped into batches under load.
+    commits: Arc<CommitQueue>,
+    /// Workflow creations, grouped the same way.
+    creations: Arc<BatchQueue<CreateRequest, CreateAnswer>>,
 }
 
+/// A workflow to create and, for a local start, the worker and TTL of its lease.
+type CreateRequest = (NewWorkflow, Option<(WorkerId, Duration)>);
+/// What a creation answers: the id, and the lease as a claim when it was created leased.
+type CreateAnswer = Result<(Created, Option<Claimed>), StoreError>;
+
 impl PgStore {
-    /// A store over an existing pool.
+    /// A store over an existing pool, with the default [`GroupCommit`].
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self::with_group_commit(pool, GroupCommit::default())
+    }
+
+    /// A store over an existing pool whose step commits are grouped as `group` says
+    /// (`max_in_flight: 1, max_batch: 1` sends every commit alone, one after another).
+    pub fn with_group_commit(pool: PgPool, group: GroupCommit) -> Self {
+        Self {
+            pool,
+            commits: Arc::new(CommitQueue::new(group)),
+            creations: Arc::new(BatchQueue::new(group)),
+        }
     }
 
     /// Pool options for the engine's connections. sqlx's default `test_before_acquire(true)`
@@ -142,6 +163,545 @@ impl PgStore {
         .fetch_one(&self.pool)
         .await?;
         Ok((Created { id, created: false }, None))
+    }
+
+    /// One step commit alone: one statement, its own transaction.
+    async fn commit_one(&self, c: StepCommit) -> Result<Committed, StoreError> {
+        let new_version = c.expected_version + c.events.len() as i64;
+        let (release, run_at) = match c.lease {
+            LeaseAfter::Keep => (false, None),
+            LeaseAfter::Release { run_at } => (true, run_at),
+        };
+        let (seqs, kinds, payloads) = event_columns(c.expected_version + 1, &c.events)?;
+        let a_call_seq: Vec<i64> = c.attempts.iter().map(|a| a.call_seq).collect();
+        let a_attempt: Vec<i32> = c.attempts.iter().map(|a| a.attempt as i32).collect();
+        let a_name: Vec<&str> = c
+            .attempts
+            .iter()
+            .map(|a| a.activity_name.as_str())
+            .collect();
+        let a_worker: Vec<Option<Uuid>> = c
+            .attempts
+            .iter()
+            .map(|a| a.worker_id.map(|w| w.0))
+            .collect();
+        let a_outcome: Vec<&str> = c.attempts.iter().map(|a| a.outcome.as_str()).collect();
+        let a_error = c
+            .attempts
+            .iter()
+            .map(|a| a.error.as_ref().map(to_json).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
+        let a_started: Vec<Option<DateTime<Utc>>> =
+            c.attempts.iter().map(|a| a.started_at).collect();
+        let a_duration: Vec<Option<i64>> = c.attempts.iter().map(|a| a.duration_ms).collect();
+        // One statement, so one round trip and its own transaction (no BEGIN/COMMIT).
+        // The fence (`fenced`): nothing is written unless this worker still holds the lease at
+        // this epoch and nobody else moved the version; every other part joins on its result,
+        // so a fenced commit writes nothing and returns no row. While the lease is kept,
+        // `run_at` keeps its value so a workflow recovered after a crash keeps its place in
+        // the queue. Events get seq = expected_version + 1.. (gapless, = the version produced).
+        let row = sqlx::query(
+            "with fenced as (
+                update kodomasu.workflows set
+                    status = $5, state = $6, pending = $7, output = $8, error = $9, version = $10,
+                    next_call_seq = $11, cancel_requested = $12,
+                    signal_seen = $13, signals_unconsumed = signals_unconsumed - $14,
+                    lease_owner = case when $15 then null else lease_owner end,
+                    lease_expires_at = case when $15 then null else now() + make_interval(secs => $16) end,
+                    run_at = case when not $15 then coalesce(run_at, now())
+                                  when signal_seq > $13 then now()
+                                  else $17 end,
+                    heartbeat_details = case when $18 then null else coalesce($20, heartbeat_details) end,
+                    heartbeat_at = case when $18 then null
+                                        when $20::jsonb is not null then now()
+                                        else heartbeat_at end,
+                    finished_at = case when $19 then coalesce(finished_at, now()) end,
+                    updated_at = now()
+                where id = $1 and lease_owner = $2 and lease_epoch = $3 and version = $4
+                returning id, signal_seq, now() as db_now
+             ),
+             new_events as (
+                insert into kodomasu.events (workflow_id, seq, kind, payload)
+                select fenced.id, e.s, e.k, e.p
+                from fenced, unnest($21::bigint[], $22::text[], $23::jsonb[]) as e(s, k, p)
+             ),
+             new_attempts as (
+                insert into kodomasu.activity_attempts
+                  (workflow_id, call_seq, attempt, activity_name, worker_id, outcome, error, started_at, duration_ms)
+                select fenced.id, a.call_seq, a.attempt, a.activity_name, a.worker_id, a.outcome, a.error,
+                       a.started_at, a.duration_ms
+                from fenced, unnest($24::bigint[], $25::integer[], $26::text[], $27::uuid[], $28::text[],
+                                    $29::jsonb[], $30::timestamptz[], $31::bigint[])
+                     as a(call_seq, attempt, activity_name, worker_id, outcome, error, started_at, duration_ms)
+             ),
+             consumed as (
+                update kodomasu.signals s set consumed_at = now(), consumed_in = $10
+                from fenced
+                where s.workflow_id = fenced.id and s.seq = any($32) and s.consumed_at is null
+             )
+             select signal_seq, db_now from fenced",
+        )
+        .bind(c.id)
+        .bind(c.worker)
+        .bind(c.epoch)
+        .bind(c.expected_version)
+        .bind(c.status.as_str())
+        .bind(&c.state)
+        .bind(to_json(&c.pending)?)
+        .bind(&c.output)
+        .bind(c.error.as_ref().map(to_json).transpose()?)
+        .bind(new_version)
+        .bind(c.next_call_seq)
+        .bind(c.cancel_requested)
+        .bind(c.signal_seen)
+        .bind(c.consumed_signals.len() as i64)
+        .bind(release)
+        .bind(c.lease_ttl.as_secs_f64())
+        .bind(run_at)
+        .bind(c.clear_heartbeat)
+        .bind(c.status.is_terminal())
+        .bind(&c.heartbeat_details)
+        .bind(&seqs)
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(&a_call_seq)
+        .bind(&a_attempt)
+        .bind(&a_name)
+        .bind(&a_worker)
+        .bind(&a_outcome)
+        .bind(&a_error)
+        .bind(&a_started)
+        .bind(&a_duration)
+        .bind(&c.consumed_signals)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::Fenced);
+        };
+        Ok(Committed {
+            version: new_version,
+            signal_seq: row.try_get("signal_seq")?,
+            db_now: row.try_get("db_now")?,
+        })
+    }
+
+    /// Several workflow creations in one statement and one transaction (see [`GroupCommit`]);
+    /// one answer per creation, in order. A creation whose (type, key) was taken, and every
+    /// creation of a batch the database refuses as a whole, is done again on its own, which
+    /// reads the existing workflow or reports its own error.
+    async fn create_batch(&self, mut batch: Vec<CreateRequest>) -> Vec<CreateAnswer> {
+        if batch.len() == 1 {
+            return match batch.pop() {
+                Some((new, lease)) => vec![self.insert_workflow(new, lease).await],
+                None => Vec::new(),
+            };
+        }
+        let mut answers = match self.create_together(&batch).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                tracing::debug!(error.message = %e, creations = batch.len(), "batched creation failed; creating one at a time");
+                batch.iter().map(|_| None).collect()
+            }
+        };
+        let mut out = Vec::with_capacity(batch.len());
+        for ((new, lease), answer) in batch.into_iter().zip(answers.iter_mut()) {
+            out.push(match answer.take() {
+                Some(done) => Ok(done),
+                None => self.insert_workflow(new, lease).await,
+            });
+        }
+        out
+    }
+
+    /// The creations that inserted their row, by position; `None` where the (type, key) was
+    /// taken.
+    async fn create_together(
+        &self,
+        batch: &[CreateRequest],
+    ) -> Result<Vec<Option<(Created, Option<Claimed>)>>, StoreError> {
+        let n = batch.len();
+        let mut c = CreateColumns::default();
+        for (new, lease) in batch {
+            c.id.push(new.id.0);
+            c.workflow_type.push(new.workflow_type.as_str());
+            c.key.push(new.key.as_deref());
+            c.tag.push(new.tag.as_deref());
+            c.status.push(new.status.as_str());
+            c.input.push(&new.input);
+            c.state.push(&new.state);
+            c.pending.push(to_json(&new.pending)?);
+            c.output.push(new.output.as_ref());
+            c.error.push(new.error.as_ref().map(to_json).transpose()?);
+            c.version.push(new.events.len() as i64);
+            c.next_call_seq.push(new.next_call_seq);
+            c.run_at.push(new.run_at);
+            c.terminal.push(new.status.is_terminal());
+            c.lease_owner.push(lease.map(|(worker, _)| worker.0));
+            c.ttl.push(lease.map_or(0.0, |(_, ttl)| ttl.as_secs_f64()));
+            for (i, e) in new.events.iter().enumerate() {
+                c.e_id.push(new.id.0);
+                c.e_seq.push(1 + i as i64);
+                c.e_kind.push(e.name());
+                c.e_payload.push(to_json(e)?);
+            }
+        }
+        // The same statement as `insert_workflow`, over rows; one wake-up hint for the rows
+        // created unleased and due.
+        let rows = sqlx::query(
+            "with created as (
+                insert into kodomasu.workflows
+                  (id, workflow_type, key, status, input, state, pending, output, error, version, next_call_seq,
+                   run_at, finished_at, lease_owner, lease_epoch, lease_expires_at, tag)
+                select i.id, i.workflow_type, i.key, i.status, i.input, i.state, i.pending, i.output, i.error,
+                       i.version, i.next_call_seq, i.run_at,
+                       case when i.terminal then now() end,
+                       i.lease_owner, case when i.lease_owner is null then 0 else 1 end,
+                       case when i.lease_owner is not null then now() + make_interval(secs => i.ttl) end,
+                       i.tag
+                from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[],
+                            $8::jsonb[], $9::jsonb[], $10::jsonb[], $11::bigint[], $12::bigint[],
+                            $13::timestamptz[], $14::boolean[], $15::uuid[], $16::float8[])
+                     as i(id, workflow_type, key, tag, status, input, state, pending, output, error, version,
+                          next_call_seq, run_at, terminal, lease_owner, ttl)
+                on conflict (workflow_type, key) do nothing
+                returning *
+             ),
+             first_events as (
+                insert into kodomasu.events (workflow_id, seq, kind, payload)
+                select created.id, e.s, e.k, e.p
+                from unnest($17::uuid[], $18::bigint[], $19::text[], $20::jsonb[]) as e(id, s, k, p)
+                join created on created.id = e.id
+             ),
+             woken as (
+                select pg_notify($21, '')
+                where exists (select 1 from created where run_at is not null and lease_owner is null)
+             )
+             select created.*, now() as db_now from created where (select count(*) from woken) >= 0",
+        )
+        .bind(&c.id)
+        .bind(&c.workflow_type)
+        .bind(&c.key)
+        .bind(&c.tag)
+        .bind(&c.status)
+        .bind(&c.input)
+        .bind(&c.state)
+        .bind(&c.pending)
+        .bind(&c.output)
+        .bind(&c.error)
+        .bind(&c.version)
+        .bind(&c.next_call_seq)
+        .bind(&c.run_at)
+        .bind(&c.terminal)
+        .bind(&c.lease_owner)
+        .bind(&c.ttl)
+        .bind(&c.e_id)
+        .bind(&c.e_seq)
+        .bind(&c.e_kind)
+        .bind(&c.e_payload)
+        .bind(WAKE_CHANNEL)
+        .fetch_all(&self.pool)
+        .await?;
+        let position: std::collections::HashMap<Uuid, usize> =
+            c.id.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let mut answers: Vec<Option<(Created, Option<Claimed>)>> = (0..n).map(|_| None).collect();
+        for row in rows {
+            let id: WorkflowId = row.try_get("id")?;
+            let Some(&i) = position.get(&id.0) else {
+                return Err(StoreError::Corrupt(format!(
+                    "batched creation answered for {id}"
+                )));
+            };
+            let claimed = match batch[i].1 {
+                None => None,
+                Some(_) => Some(Claimed {
+                    record: record(&row)?,
+                    next_call_seq: row.try_get("next_call_seq")?,
+                    signal_seq: row.try_get("signal_seq")?,
+                    signal_seen: row.try_get("signal_seen")?,
+                    recovered_from: None,
+                    db_now: row.try_get("db_now")?,
+                }),
+            };
+            answers[i] = Some((Created { id, created: true }, claimed));
+        }
+        Ok(answers)
+    }
+
+    /// Several step commits in one statement and one transaction, each under its own fence
+    /// (see [`GroupCommit`]); one answer per commit, in order. A batch the database refuses as
+    /// a whole is sent again one commit at a time, so one bad commit cannot fail the others.
+    async fn commit_batch(&self, mut batch: Vec<StepCommit>) -> Vec<Result<Committed, StoreError>> {
+        if batch.len() == 1 {
+            return match batch.pop() {
+                Some(c) => vec![self.commit_one(c).await],
+                None => Vec::new(),
+            };
+        }
+        match self.commit_together(&batch).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                tracing::debug!(error.message = %e, commits = batch.len(), "batched commit failed; committing one at a time");
+                let mut answers = Vec::with_capacity(batch.len());
+                for c in batch {
+                    answers.push(self.commit_one(c).await);
+                }
+                answers
+            }
+        }
+    }
+
+    async fn commit_together(
+        &self,
+        batch: &[StepCommit],
+    ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
+        let n = batch.len();
+        let mut w = BatchColumns::with_capacity(n);
+        // Rows go in (and are locked) in id order, as lease renewals lock them, so two writers
+        // never wait on each other in a cycle; `ord` keeps each commit's place for its answer.
+        let mut by_id: Vec<usize> = (0..n).collect();
+        by_id.sort_by_key(|&i| batch[i].id.0);
+        for i in by_id {
+            let c = &batch[i];
+            let ord = i as i32;
+            let (release, run_at) = match c.lease {
+                LeaseAfter::Keep => (false, None),
+                LeaseAfter::Release { run_at } => (true, run_at),
+            };
+            w.ord.push(ord);
+            w.id.push(c.id.0);
+            w.worker.push(c.worker.0);
+            w.epoch.push(c.epoch);
+            w.expected.push(c.expected_version);
+            w.status.push(c.status.as_str());
+            w.state.push(&c.state);
+            w.pending.push(to_json(&c.pending)?);
+            w.output.push(c.output.as_ref());
+            w.error.push(c.error.as_ref().map(to_json).transpose()?);
+            w.new_version
+                .push(c.expected_version + c.events.len() as i64);
+            w.next_call_seq.push(c.next_call_seq);
+            w.cancel_requested.push(c.cancel_requested);
+            w.signal_seen.push(c.signal_seen);
+            w.consumed.push(c.consumed_signals.len() as i64);
+            w.release.push(release);
+            w.ttl.push(c.lease_ttl.as_secs_f64());
+            w.run_at.push(run_at);
+            w.clear_hb.push(c.clear_heartbeat);
+            w.terminal.push(c.status.is_terminal());
+            w.hb.push(c.heartbeat_details.as_ref());
+            for (i, e) in c.events.iter().enumerate() {
+                w.e_ord.push(ord);
+                w.e_seq.push(c.expected_version + 1 + i as i64);
+                w.e_kind.push(e.name());
+                w.e_payload.push(to_json(e)?);
+            }
+            for a in &c.attempts {
+                w.a_ord.push(ord);
+                w.a_call_seq.push(a.call_seq);
+                w.a_attempt.push(a.attempt as i32);
+                w.a_name.push(a.activity_name.as_str());
+                w.a_worker.push(a.worker_id.map(|x| x.0));
+                w.a_outcome.push(a.outcome.as_str());
+                w.a_error.push(a.error.as_ref().map(to_json).transpose()?);
+                w.a_started.push(a.started_at);
+                w.a_duration.push(a.duration_ms);
+            }
+            for seq in &c.consumed_signals {
+                w.s_ord.push(ord);
+                w.s_seq.push(*seq);
+            }
+        }
+        // The same statement as `commit_one`, over rows: `fenced` holds the commits whose
+        // fence held (by their position `ord`), and every other part joins on it by `ord`, so
+        // a fenced commit writes nothing while the rest of the batch commits.
+        let rows = sqlx::query(
+            "with input as (
+                select * from unnest($1::integer[], $2::uuid[], $3::uuid[], $4::bigint[], $5::bigint[],
+                                     $6::text[], $7::jsonb[], $8::jsonb[], $9::jsonb[], $10::jsonb[],
+                                     $11::bigint[], $12::bigint[], $13::boolean[], $14::bigint[], $15::bigint[],
+                                     $16::boolean[], $17::float8[], $18::timestamptz[], $19::boolean[],
+                                     $20::boolean[], $21::jsonb[])
+                  as i(ord, id, worker, epoch, expected_version, status, state, pending, output, error,
+                       new_version, next_call_seq, cancel_requested, signal_seen, consumed,
+                       release, ttl, run_at, clear_hb, terminal, hb)
+             ),
+             fenced as (
+                update kodomasu.workflows w set
+                    status = i.status, state = i.state, pending = i.pending, output = i.output,
+                    error = i.error, version = i.new_version,
+                    next_call_seq = i.next_call_seq, cancel_requested = i.cancel_requested,
+                    signal_seen = i.signal_seen, signals_unconsumed = w.signals_unconsumed - i.consumed,
+                    lease_owner = case when i.release then null else w.lease_owner end,
+                    lease_expires_at = case when i.release then null else now() + make_interval(secs => i.ttl) end,
+                    run_at = case when not i.release then coalesce(w.run_at, now())
+                                  when w.signal_seq > i.signal_seen then now()
+                                  else i.run_at end,
+                    heartbeat_details = case when i.clear_hb then null else coalesce(i.hb, w.heartbeat_details) end,
+                    heartbeat_at = case when i.clear_hb then null
+                                        when i.hb is not null then now()
+                                        else w.heartbeat_at end,
+                    finished_at = case when i.terminal then coalesce(w.finished_at, now()) end,
+                    updated_at = now()
+                from input i
+                where w.id = i.id and w.lease_owner = i.worker and w.lease_epoch = i.epoch
+                  and w.version = i.expected_version
+                returning i.ord, w.id, i.new_version, w.signal_seq
+             ),
+             new_events as (
+                insert into kodomasu.events (workflow_id, seq, kind, payload)
+                select f.id, e.s, e.k, e.p
+                from unnest($22::integer[], $23::bigint[], $24::text[], $25::jsonb[]) as e(ord, s, k, p)
+                join fenced f on f.ord = e.ord
+             ),
+             new_attempts as (
+                insert into kodomasu.activity_attempts
+                  (workflow_id, call_seq, attempt, activity_name, worker_id, outcome, error, started_at, duration_ms)
+                select f.id, a.call_seq, a.attempt, a.activity_name, a.worker_id, a.outcome, a.error,
+                       a.started_at, a.duration_ms
+                from unnest($26::integer[], $27::bigint[], $28::integer[], $29::text[], $30::uuid[], $31::text[],
+                            $32::jsonb[], $33::timestamptz[], $34::bigint[])
+                     as a(ord, call_seq, attempt, activity_name, worker_id, outcome, error, started_at, duration_ms)
+                join fenced f on f.ord = a.ord
+             ),
+             consumed as (
+                update kodomasu.signals s set consumed_at = now(), consumed_in = f.new_version
+                from unnest($35::integer[], $36::bigint[]) as c(ord, seq)
+                join fenced f on f.ord = c.ord
+                where s.workflow_id = f.id and s.seq = c.seq and s.consumed_at is null
+             )
+             select ord, signal_seq, now() as db_now from fenced",
+        )
+        .bind(&w.ord)
+        .bind(&w.id)
+        .bind(&w.worker)
+        .bind(&w.epoch)
+        .bind(&w.expected)
+        .bind(&w.status)
+        .bind(&w.state)
+        .bind(&w.pending)
+        .bind(&w.output)
+        .bind(&w.error)
+        .bind(&w.new_version)
+        .bind(&w.next_call_seq)
+        .bind(&w.cancel_requested)
+        .bind(&w.signal_seen)
+        .bind(&w.consumed)
+        .bind(&w.release)
+        .bind(&w.ttl)
+        .bind(&w.run_at)
+        .bind(&w.clear_hb)
+        .bind(&w.terminal)
+        .bind(&w.hb)
+        .bind(&w.e_ord)
+        .bind(&w.e_seq)
+        .bind(&w.e_kind)
+        .bind(&w.e_payload)
+        .bind(&w.a_ord)
+        .bind(&w.a_call_seq)
+        .bind(&w.a_attempt)
+        .bind(&w.a_name)
+        .bind(&w.a_worker)
+        .bind(&w.a_outcome)
+        .bind(&w.a_error)
+        .bind(&w.a_started)
+        .bind(&w.a_duration)
+        .bind(&w.s_ord)
+        .bind(&w.s_seq)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut answers: Vec<Result<Committed, StoreError>> =
+            (0..n).map(|_| Err(StoreError::Fenced)).collect();
+        for row in rows {
+            let ord: i32 = row.try_get("ord")?;
+            let Some(slot) = usize::try_from(ord).ok().and_then(|i| answers.get_mut(i)) else {
+                return Err(StoreError::Corrupt(format!(
+                    "batched commit answered for position {ord}"
+                )));
+            };
+            let c = &batch[ord as usize];
+            *slot = Ok(Committed {
+                version: c.expected_version + c.events.len() as i64,
+                signal_seq: row.try_get("signal_seq")?,
+                db_now: row.try_get("db_now")?,
+            });
+        }
+        Ok(answers)
+    }
+}
+
+/// The parameter arrays of a batched creation: one entry per workflow, one per first event.
+#[derive(Default)]
+struct CreateColumns<'a> {
+    id: Vec<Uuid>,
+    workflow_type: Vec<&'a str>,
+    key: Vec<Option<&'a str>>,
+    tag: Vec<Option<&'a str>>,
+    status: Vec<&'a str>,
+    input: Vec<&'a serde_json::Value>,
+    state: Vec<&'a serde_json::Value>,
+    pending: Vec<serde_json::Value>,
+    output: Vec<Option<&'a serde_json::Value>>,
+    error: Vec<Option<serde_json::Value>>,
+    version: Vec<i64>,
+    next_call_seq: Vec<i64>,
+    run_at: Vec<Option<DateTime<Utc>>>,
+    terminal: Vec<bool>,
+    lease_owner: Vec<Option<Uuid>>,
+    ttl: Vec<f64>,
+    e_id: Vec<Uuid>,
+    e_seq: Vec<i64>,
+    e_kind: Vec<&'a str>,
+    e_payload: Vec<serde_json::Value>,
+}
+
+/// The parameter arrays of a batched step commit: one entry per commit (`ord` = its position),
+/// and one per event, attempt and consumed signal, each tagged with its commit's `ord`.
+#[derive(Default)]
+struct BatchColumns<'a> {
+    ord: Vec<i32>,
+    id: Vec<Uuid>,
+    worker: Vec<Uuid>,
+    epoch: Vec<i64>,
+    expected: Vec<i64>,
+    status: Vec<&'a str>,
+    state: Vec<&'a serde_json::Value>,
+    pending: Vec<serde_json::Value>,
+    output: Vec<Option<&'a serde_json::Value>>,
+    error: Vec<Option<serde_json::Value>>,
+    new_version: Vec<i64>,
+    next_call_seq: Vec<i64>,
+    cancel_requested: Vec<bool>,
+    signal_seen: Vec<i64>,
+    consumed: Vec<i64>,
+    release: Vec<bool>,
+    ttl: Vec<f64>,
+    run_at: Vec<Option<DateTime<Utc>>>,
+    clear_hb: Vec<bool>,
+    terminal: Vec<bool>,
+    hb: Vec<Option<&'a serde_json::Value>>,
+    e_ord: Vec<i32>,
+    e_seq: Vec<i64>,
+    e_kind: Vec<&'a str>,
+    e_payload: Vec<serde_json::Value>,
+    a_ord: Vec<i32>,
+    a_call_seq: Vec<i64>,
+    a_attempt: Vec<i32>,
+    a_name: Vec<&'a str>,
+    a_worker: Vec<Option<Uuid>>,
+    a_outcome: Vec<&'a str>,
+    a_error: Vec<Option<serde_json::Value>>,
+    a_started: Vec<Option<DateTime<Utc>>>,
+    a_duration: Vec<Option<i64>>,
+    s_ord: Vec<i32>,
+    s_seq: Vec<i64>,
+}
+
+impl BatchColumns<'_> {
+    fn with_capacity(n: usize) -> Self {
+        let mut c = Self::default();
+        c.ord.reserve(n);
+        c.e_ord.reserve(3 * n);
+        c
     }
 }
 
@@ -263,7 +823,15 @@ impl Store for PgStore {
     }
 
     async fn create_workflow(&self, new: NewWorkflow) -> Result<Created, StoreError> {
-        Ok(self.insert_workflow(new, None).await?.0)
+        let (created, _) = self
+            .creations
+            .submit(
+                (new, None),
+                |batch| self.create_batch(batch),
+                pg_batch::lost,
+            )
+            .await?;
+        Ok(created)
     }
 
     async fn create_workflow_leased(
@@ -272,7 +840,14 @@ impl Store for PgStore {
         worker: WorkerId,
         lease_ttl: Duration,
     ) -> Result<(Created, Option<Claimed>), StoreError> {
-        self.insert_workflow(new, Some((worker, lease_ttl))).await
+        let lease = Some((worker, lease_ttl));
+        self.creations
+            .submit(
+                (new, lease),
+                |batch| self.create_batch(batch),
+                pg_batch::lost,
+            )
+            .await
     }
 
     async fn get_workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>, StoreError> {
@@ -557,122 +1132,9 @@ impl Store for PgStore {
     }
 
     async fn commit(&self, c: StepCommit) -> Result<Committed, StoreError> {
-        let new_version = c.expected_version + c.events.len() as i64;
-        let (release, run_at) = match c.lease {
-            LeaseAfter::Keep => (false, None),
-            LeaseAfter::Release { run_at } => (true, run_at),
-        };
-        let (seqs, kinds, payloads) = event_columns(c.expected_version + 1, &c.events)?;
-        let a_call_seq: Vec<i64> = c.attempts.iter().map(|a| a.call_seq).collect();
-        let a_attempt: Vec<i32> = c.attempts.iter().map(|a| a.attempt as i32).collect();
-        let a_name: Vec<&str> = c
-            .attempts
-            .iter()
-            .map(|a| a.activity_name.as_str())
-            .collect();
-        let a_worker: Vec<Option<Uuid>> = c
-            .attempts
-            .iter()
-            .map(|a| a.worker_id.map(|w| w.0))
-            .collect();
-        let a_outcome: Vec<&str> = c.attempts.iter().map(|a| a.outcome.as_str()).collect();
-        let a_error = c
-            .attempts
-            .iter()
-            .map(|a| a.error.as_ref().map(to_json).transpose())
-            .collect::<Result<Vec<_>, _>>()?;
-        let a_started: Vec<Option<DateTime<Utc>>> =
-            c.attempts.iter().map(|a| a.started_at).collect();
-        let a_duration: Vec<Option<i64>> = c.attempts.iter().map(|a| a.duration_ms).collect();
-        // One statement, so one round trip and its own transaction (no BEGIN/COMMIT).
-        // The fence (`fenced`): nothing is written unless this worker still holds the lease at
-        // this epoch and nobody else moved the version; every other part joins on its result,
-        // so a fenced commit writes nothing and returns no row. While the lease is kept,
-        // `run_at` keeps its value so a workflow recovered after a crash keeps its place in
-        // the queue. Events get seq = expected_version + 1.. (gapless, = the version produced).
-        let row = sqlx::query(
-            "with fenced as (
-                update kodomasu.workflows set
-                    status = $5, state = $6, pending = $7, output = $8, error = $9, version = $10,
-                    next_call_seq = $11, cancel_requested = $12,
-                    signal_seen = $13, signals_unconsumed = signals_unconsumed - $14,
-                    lease_owner = case when $15 then null else lease_owner end,
-                    lease_expires_at = case when $15 then null else now() + make_interval(secs => $16) end,
-                    run_at = case when not $15 then coalesce(run_at, now())
-                                  when signal_seq > $13 then now()
-                                  else $17 end,
-                    heartbeat_details = case when $18 then null else coalesce($20, heartbeat_details) end,
-                    heartbeat_at = case when $18 then null
-                                        when $20::jsonb is not null then now()
-                                        else heartbeat_at end,
-                    finished_at = case when $19 then coalesce(finished_at, now()) end,
-                    updated_at = now()
-                where id = $1 and lease_owner = $2 and lease_epoch = $3 and version = $4
-                returning id, signal_seq, now() as db_now
-             ),
-             new_events as (
-                insert into kodomasu.events (workflow_id, seq, kind, payload)
-                select fenced.id, e.s, e.k, e.p
-                from fenced, unnest($21::bigint[], $22::text[], $23::jsonb[]) as e(s, k, p)
-             ),
-             new_attempts as (
-                insert into kodomasu.activity_attempts
-                  (workflow_id, call_seq, attempt, activity_name, worker_id, outcome, error, started_at, duration_ms)
-                select fenced.id, a.call_seq, a.attempt, a.activity_name, a.worker_id, a.outcome, a.error,
-                       a.started_at, a.duration_ms
-                from fenced, unnest($24::bigint[], $25::integer[], $26::text[], $27::uuid[], $28::text[],
-                                    $29::jsonb[], $30::timestamptz[], $31::bigint[])
-                     as a(call_seq, attempt, activity_name, worker_id, outcome, error, started_at, duration_ms)
-             ),
-             consumed as (
-                update kodomasu.signals s set consumed_at = now(), consumed_in = $10
-                from fenced
-                where s.workflow_id = fenced.id and s.seq = any($32) and s.consumed_at is null
-             )
-             select signal_seq, db_now from fenced",
-        )
-        .bind(c.id)
-        .bind(c.worker)
-        .bind(c.epoch)
-        .bind(c.expected_version)
-        .bind(c.status.as_str())
-        .bind(&c.state)
-        .bind(to_json(&c.pending)?)
-        .bind(&c.output)
-        .bind(c.error.as_ref().map(to_json).transpose()?)
-        .bind(new_version)
-        .bind(c.next_call_seq)
-        .bind(c.cancel_requested)
-        .bind(c.signal_seen)
-        .bind(c.consumed_signals.len() as i64)
-        .bind(release)
-        .bind(c.lease_ttl.as_secs_f64())
-        .bind(run_at)
-        .bind(c.clear_heartbeat)
-        .bind(c.status.is_terminal())
-        .bind(&c.heartbeat_details)
-        .bind(&seqs)
-        .bind(&kinds)
-        .bind(&payloads)
-        .bind(&a_call_seq)
-        .bind(&a_attempt)
-        .bind(&a_name)
-        .bind(&a_worker)
-        .bind(&a_outcome)
-        .bind(&a_error)
-        .bind(&a_started)
-        .bind(&a_duration)
-        .bind(&c.consumed_signals)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Err(StoreError::Fenced);
-        };
-        Ok(Committed {
-            version: new_version,
-            signal_seq: row.try_get("signal_seq")?,
-            db_now: row.try_get("db_now")?,
-        })
+        self.commits
+            .submit(c, |batch| self.commit_batch(batch), pg_batch::lost)
+            .await
     }
 
     async fn renew_leases(
@@ -684,8 +1146,11 @@ impl Store for PgStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = leases.iter().map(|l| l.id.0).collect();
-        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
+        // In id order, as batched commits lock rows (see `pg_batch`).
+        let mut order: Vec<&LeaseRenewal> = leases.iter().collect();
+        order.sort_by_key(|l| l.id.0);
+        let ids: Vec<Uuid> = order.iter().map(|l| l.id.0).collect();
+        let epochs: Vec<i64> = order.iter().map(|l| l.epoch).collect();
         let details: serde_json::Map<String, serde_json::Value> = leases
             .iter()
             .filter_map(|l| {
