@@ -362,3 +362,60 @@ async fn creations_sent_together_share_a_batch_and_keep_key_idempotence(
     );
     Ok(())
 }
+
+#[sqlx::test(migrations = false)]
+async fn callers_that_go_away_take_no_batch_slot_with_them(pool: PgPool) -> anyhow::Result<()> {
+    let store = std::sync::Arc::new(batching_store(&pool));
+    store.migrate().await?;
+    let worker = WorkerId::new();
+    let ids = leased(&store, worker, 161).await?;
+    let (last, rest) = ids.split_last().expect("ids");
+    // Rounds of 16 commits at once, half of them aborted at different points: while queued,
+    // while handed the slot, while their batch is written.
+    for (round, chunk) in rest.chunks(16).enumerate() {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let (store, c) = (store.clone(), step(*id, worker, 1, round * 16 + i));
+                tokio::spawn(async move { store.commit(c).await })
+            })
+            .collect();
+        let mut tasks = tasks.into_iter();
+        if round % 2 == 0 {
+            // The first caller leads the first batch; when it is answered, the slot has just
+            // been sent to a waiting caller, which is aborted before it can use it.
+            if let Some(first) = tasks.next() {
+                first
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
+            }
+        } else {
+            for _ in 0..round % 4 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut kept = Vec::new();
+        for (i, t) in tasks.enumerate() {
+            if i % 2 == 0 {
+                t.abort();
+            } else {
+                kept.push(t);
+            }
+        }
+        for t in kept {
+            t.await?
+                .map_err(|e| anyhow::anyhow!("round {round}: {e}"))?;
+        }
+    }
+    // Nothing is stuck: a commit after all that goes through at once.
+    let i = ids.len() - 1;
+    let done = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.commit(step(*last, worker, 1, i)),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("a commit after aborted callers waited 10 s: slot lost"))??;
+    assert_eq!(done.version, first_version(i) + 2);
+    Ok(())
+}

@@ -12,18 +12,19 @@
 //! commit in a batch keeps its own fence: rows whose lease owner, epoch or version no longer
 //! match write nothing and are answered [`StoreError::Fenced`], while the others commit.
 //!
-//! There is no background task: the caller that finds a free in-flight slot runs the batch
-//! (the "leader") and answers the others through their channels; when it is done it hands its
-//! slot, through the same channel, to the first caller still waiting, which collects and
-//! leads the next batch. A leader dropped mid-way (its task aborted) hands its slot
-//! on the same way, and the commits of its batch are answered with a database error, which
-//! callers treat as transient (a retry is fenced by the version if the batch did commit).
+//! The caller that finds a free in-flight slot starts the batch; the batch runs in a task of
+//! its own that answers every caller in it through their channels and then hands the slot,
+//! through the same channel, to the first caller still waiting, which collects and starts the
+//! next batch. So a caller that goes away (its task aborted, an HTTP client gone) cancels no
+//! write and takes no slot with it: its request leaves the queue, and a slot sent to it moves
+//! on.
 
 use super::{Committed, StepCommit, StoreError};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 /// Settings of the group commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,10 @@ struct QueueState<Req, Resp> {
 pub(super) struct BatchQueue<Req, Resp> {
     settings: GroupCommit,
     state: Mutex<QueueState<Req, Resp>>,
+    /// The batches being written. A batch runs in its own task, which holds the in-flight
+    /// slot and answers every caller in it, so a caller that goes away mid-way (its task
+    /// aborted, an HTTP client gone) cancels nobody else's write.
+    batches: TaskTracker,
 }
 
 impl<Req, Resp> std::fmt::Debug for BatchQueue<Req, Resp> {
@@ -82,26 +87,64 @@ impl<Req, Resp> std::fmt::Debug for BatchQueue<Req, Resp> {
     }
 }
 
-/// Holds an in-flight slot; when dropped (the batch answered, or the leader dropped mid-way)
-/// it hands the slot to a waiting caller, or frees it.
-struct Leading<'a, Req, Resp>(&'a BatchQueue<Req, Resp>);
+/// An in-flight slot. When dropped (its batch answered, or its holder gone before the batch
+/// started) it goes to the first caller still waiting, other than `holder`, or is freed.
+struct Slot<Req, Resp> {
+    queue: Arc<BatchQueue<Req, Resp>>,
+    holder: u64,
+}
 
-impl<Req, Resp> Drop for Leading<'_, Req, Resp> {
+impl<Req, Resp> Drop for Slot<Req, Resp> {
     fn drop(&mut self) {
-        let mut st = lock(&self.0.state);
-        // The first caller still there gets the slot; callers that went away are dropped
-        // with their requests unsent: nobody was told they committed.
-        while let Some(first) = st.waiting.front() {
-            if first.reply.send(Reply::Lead).is_ok() {
-                return;
-            }
-            st.waiting.pop_front();
-        }
-        st.in_flight -= 1;
+        let mut st = lock(&self.queue.state);
+        release_slot(&mut st, self.holder);
     }
 }
 
-impl<Req, Resp> BatchQueue<Req, Resp> {
+/// Hands a slot to the first waiting caller but `holder` that is still there, or frees it.
+/// Callers that went away are dropped with their requests unsent: nobody was told they
+/// committed.
+fn release_slot<Req, Resp>(st: &mut QueueState<Req, Resp>, holder: u64) {
+    let mut i = 0;
+    while i < st.waiting.len() {
+        let q = &st.waiting[i];
+        if q.id == holder {
+            i += 1;
+        } else if q.reply.send(Reply::Lead).is_ok() {
+            return;
+        } else {
+            st.waiting.remove(i);
+        }
+    }
+    st.in_flight -= 1;
+}
+
+/// A caller's place in the queue. When the caller goes away, its request leaves the queue
+/// and any slot handed to it moves on, so no slot is lost with it.
+struct Waiter<'a, Req, Resp> {
+    queue: &'a BatchQueue<Req, Resp>,
+    id: u64,
+    answer: mpsc::UnboundedReceiver<Reply<Resp>>,
+}
+
+impl<Req, Resp> Drop for Waiter<'_, Req, Resp> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.queue.state);
+        if let Some(i) = st.waiting.iter().position(|q| q.id == self.id) {
+            st.waiting.remove(i);
+        }
+        // Slots are sent under the lock, and only to callers in `waiting`: none can arrive
+        // after this.
+        self.answer.close();
+        while let Ok(reply) = self.answer.try_recv() {
+            if let Reply::Lead = reply {
+                release_slot(&mut st, self.id);
+            }
+        }
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> BatchQueue<Req, Resp> {
     pub(super) fn new(settings: GroupCommit) -> Self {
         Self {
             settings: GroupCommit {
@@ -113,21 +156,27 @@ impl<Req, Resp> BatchQueue<Req, Resp> {
                 in_flight: 0,
                 next_id: 0,
             }),
+            batches: TaskTracker::new(),
         }
     }
 
-    /// Sends `request` in a batch and returns its answer: at once, leading the batch, when
-    /// an in-flight slot is free; else after a leader answered it, or handed this caller a
-    /// slot to lead the next batch with. `send` writes one batch and returns one answer per
-    /// request, in order. When the batch that held `request` is dropped before answering,
-    /// the answer is `lost()`.
-    pub(super) async fn submit<F, Fut>(&self, request: Req, send: F, lost: fn() -> Resp) -> Resp
+    /// Sends `request` in a batch and returns its answer. When an in-flight slot is free the
+    /// batch starts at once; else the caller waits until a batch answers it, or until it is
+    /// handed a slot and starts the next batch. `send` writes one batch and returns one
+    /// answer per request, in order. When the batch that held `request` ended without an
+    /// answer for it, the answer is `lost()`.
+    pub(super) async fn submit<F, Fut>(
+        self: &Arc<Self>,
+        request: Req,
+        send: F,
+        lost: fn() -> Resp,
+    ) -> Resp
     where
         F: Fn(Vec<Req>) -> Fut,
-        Fut: Future<Output = Vec<Resp>>,
+        Fut: Future<Output = Vec<Resp>> + Send + 'static,
     {
-        let (reply, mut answer) = mpsc::unbounded_channel();
-        let (id, mut leading) = {
+        let (reply, answer) = mpsc::unbounded_channel();
+        let (mut waiter, free) = {
             let mut st = lock(&self.state);
             let id = st.next_id;
             st.next_id += 1;
@@ -136,33 +185,72 @@ impl<Req, Resp> BatchQueue<Req, Resp> {
             if free {
                 st.in_flight += 1;
             }
-            (id, free)
+            (
+                Waiter {
+                    queue: self,
+                    id,
+                    answer,
+                },
+                free,
+            )
         };
-        let mut handed = false;
+        if free {
+            let slot = Slot {
+                queue: self.clone(),
+                holder: waiter.id,
+            };
+            self.start_batch(slot, &send, lost);
+        }
         loop {
-            if leading {
-                let slot = Leading(self);
-                if handed {
+            match waiter.answer.recv().await {
+                Some(Reply::Done(r)) => return r,
+                Some(Reply::Lead) => {
+                    let slot = Slot {
+                        queue: self.clone(),
+                        holder: waiter.id,
+                    };
                     // The slot came from a batch that just answered: let the callers it
                     // answered queue their next requests, so they go in this batch rather
-                    // than wait for the one after.
+                    // than wait for the one after. Dropped here, the slot moves on.
                     tokio::task::yield_now().await;
+                    self.start_batch(slot, &send, lost);
                 }
-                let batch = self.take_batch(id);
-                if !batch.is_empty() {
-                    self.run(batch, &send, lost).await;
-                }
-                drop(slot);
-            }
-            match answer.recv().await {
-                Some(Reply::Done(r)) => return r,
-                Some(Reply::Lead) => (leading, handed) = (true, true),
                 None => return lost(),
             }
         }
     }
 
-    /// The next batch: the caller's own request first if it still waits, then the oldest.
+    /// Takes the next batch (the slot holder's own request first if it still waits, then
+    /// the oldest) and writes it in a task that keeps the slot until the batch answered.
+    fn start_batch<F, Fut>(&self, slot: Slot<Req, Resp>, send: &F, lost: fn() -> Resp)
+    where
+        F: Fn(Vec<Req>) -> Fut,
+        Fut: Future<Output = Vec<Resp>> + Send + 'static,
+    {
+        let batch = self.take_batch(slot.holder);
+        if batch.is_empty() {
+            return;
+        }
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for q in batch {
+            requests.push(q.request);
+            replies.push(q.reply);
+        }
+        let write = send(requests);
+        self.batches.spawn(async move {
+            let mut answers = write.await.into_iter();
+            for reply in replies {
+                let answer = answers.next().unwrap_or_else(lost);
+                // A caller that went away does not need its answer.
+                let _ = reply.send(Reply::Done(answer));
+            }
+            drop(slot);
+        });
+    }
+
+    /// The next batch: the caller's own request first if it still waits, then the oldest;
+    /// requests of callers that went away are dropped.
     fn take_batch(&self, own: u64) -> Vec<Queued<Req, Resp>> {
         let mut st = lock(&self.state);
         let mut batch = Vec::with_capacity(st.waiting.len().min(self.settings.max_batch));
@@ -171,31 +259,12 @@ impl<Req, Resp> BatchQueue<Req, Resp> {
         }
         while batch.len() < self.settings.max_batch {
             match st.waiting.pop_front() {
+                Some(q) if q.reply.is_closed() => {}
                 Some(q) => batch.push(q),
                 None => break,
             }
         }
         batch
-    }
-
-    /// Writes one batch and answers every request in it.
-    async fn run<F, Fut>(&self, batch: Vec<Queued<Req, Resp>>, send: &F, lost: fn() -> Resp)
-    where
-        F: Fn(Vec<Req>) -> Fut,
-        Fut: Future<Output = Vec<Resp>>,
-    {
-        let mut requests = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        for q in batch {
-            requests.push(q.request);
-            replies.push(q.reply);
-        }
-        let mut answers = send(requests).await.into_iter();
-        for reply in replies {
-            let answer = answers.next().unwrap_or_else(lost);
-            // A caller that went away does not need its answer.
-            let _ = reply.send(Reply::Done(answer));
-        }
     }
 }
 

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use sqlx::Row;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -285,6 +286,15 @@ impl PgStore {
         })
     }
 
+    /// [`Self::create_batch`] on a clone of this store, for a batch's own task.
+    fn create_batch_owned(
+        &self,
+        batch: Vec<CreateRequest>,
+    ) -> impl Future<Output = Vec<CreateAnswer>> + Send + 'static {
+        let store = self.clone();
+        async move { store.create_batch(batch).await }
+    }
+
     /// Several workflow creations in one statement and one transaction (see [`GroupCommit`]);
     /// one answer per creation, in order. A creation whose (type, key) was taken, and every
     /// creation of a batch the database refuses as a whole, is done again on its own, which
@@ -363,6 +373,9 @@ impl PgStore {
                             $13::timestamptz[], $14::boolean[], $15::uuid[], $16::float8[])
                      as i(id, workflow_type, key, tag, status, input, state, pending, output, error, version,
                           next_call_seq, run_at, terminal, lease_owner, ttl)
+                -- Keys in one order in every batch, so two batches never wait on each other's
+                -- keys in a cycle.
+                order by i.workflow_type, i.key
                 on conflict (workflow_type, key) do nothing
                 returning *
              ),
@@ -827,7 +840,7 @@ impl Store for PgStore {
             .creations
             .submit(
                 (new, None),
-                |batch| self.create_batch(batch),
+                |batch| self.create_batch_owned(batch),
                 pg_batch::lost,
             )
             .await?;
@@ -844,7 +857,7 @@ impl Store for PgStore {
         self.creations
             .submit(
                 (new, lease),
-                |batch| self.create_batch(batch),
+                |batch| self.create_batch_owned(batch),
                 pg_batch::lost,
             )
             .await
@@ -1133,7 +1146,14 @@ impl Store for PgStore {
 
     async fn commit(&self, c: StepCommit) -> Result<Committed, StoreError> {
         self.commits
-            .submit(c, |batch| self.commit_batch(batch), pg_batch::lost)
+            .submit(
+                c,
+                |batch| {
+                    let store = self.clone();
+                    async move { store.commit_batch(batch).await }
+                },
+                pg_batch::lost,
+            )
             .await
     }
 
