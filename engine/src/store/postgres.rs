@@ -141,17 +141,7 @@ impl PgStore {
                 id: row.try_get("id")?,
                 created: true,
             };
-            let claimed = match lease {
-                None => None,
-                Some(_) => Some(Claimed {
-                    record: record(&row)?,
-                    next_call_seq: row.try_get("next_call_seq")?,
-                    signal_seq: row.try_get("signal_seq")?,
-                    signal_seen: row.try_get("signal_seen")?,
-                    recovered_from: None,
-                    db_now: row.try_get("db_now")?,
-                }),
-            };
+            let claimed = lease.map(|_| created_lease(&row)).transpose()?;
             return Ok((created, claimed));
         }
         // (type, key) taken: the existing workflow, read in a new snapshot so a concurrent
@@ -424,17 +414,7 @@ impl PgStore {
                     "batched creation answered for {id}"
                 )));
             };
-            let claimed = match batch[i].1 {
-                None => None,
-                Some(_) => Some(Claimed {
-                    record: record(&row)?,
-                    next_call_seq: row.try_get("next_call_seq")?,
-                    signal_seq: row.try_get("signal_seq")?,
-                    signal_seen: row.try_get("signal_seen")?,
-                    recovered_from: None,
-                    db_now: row.try_get("db_now")?,
-                }),
-            };
+            let claimed = batch[i].1.map(|_| created_lease(&row)).transpose()?;
             answers[i] = Some((Created { id, created: true }, claimed));
         }
         Ok(answers)
@@ -716,6 +696,19 @@ impl BatchColumns<'_> {
         c.e_ord.reserve(3 * n);
         c
     }
+}
+
+/// The lease of a workflow created leased to a local worker, from its inserted row (with
+/// `db_now`), as a claim would have returned it.
+fn created_lease(row: &PgRow) -> Result<Claimed, StoreError> {
+    Ok(Claimed {
+        record: record(row)?,
+        next_call_seq: row.try_get("next_call_seq")?,
+        signal_seq: row.try_get("signal_seq")?,
+        signal_seen: row.try_get("signal_seen")?,
+        recovered_from: None,
+        db_now: row.try_get("db_now")?,
+    })
 }
 
 fn json<T: DeserializeOwned>(row: &PgRow, col: &str) -> Result<T, StoreError> {
