@@ -7,15 +7,18 @@ use super::{
     LeaseRenewal, ListFilter, NewWorkflow, Presence, Renewed, StatusCounts, StepCommit, Store,
     StoreError, StoreGauges, StoredSignal, Wake, WakeListener, WorkerInfo,
 };
+use crate::activity::ActivityError;
 use crate::journal::{
-    ActivityAttempt, Event, EventKind, FeedEvent, Status, WorkerRecord, WorkflowRecord,
+    ActivityAttempt, Event, EventKind, FeedEvent, Pending, Status, WorkerRecord, WorkflowRecord,
 };
+use crate::workflow::WorkflowError;
 use crate::{WorkerId, WorkflowId};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use sqlx::Row;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,11 +88,7 @@ impl PgStore {
     ) -> Result<(Created, Option<Claimed>), StoreError> {
         let seqs: Vec<i64> = (1..=new.events.len() as i64).collect();
         let kinds: Vec<&str> = new.events.iter().map(EventKind::name).collect();
-        let payloads = new
-            .events
-            .iter()
-            .map(to_json)
-            .collect::<Result<Vec<_>, _>>()?;
+        let payloads: Vec<Json<&EventKind>> = new.events.iter().map(Json).collect();
         let row = sqlx::query(
             "with created as (
                 insert into kodomasu.workflows
@@ -120,9 +119,9 @@ impl PgStore {
         .bind(new.status.as_str())
         .bind(&new.input)
         .bind(&new.state)
-        .bind(to_json(&new.pending)?)
+        .bind(Json(&new.pending))
         .bind(&new.output)
-        .bind(new.error.as_ref().map(to_json).transpose()?)
+        .bind(new.error.as_ref().map(Json))
         .bind(new.events.len() as i64)
         .bind(new.next_call_seq)
         .bind(new.run_at)
@@ -163,7 +162,7 @@ impl PgStore {
             LeaseAfter::Keep => (false, None),
             LeaseAfter::Release { run_at } => (true, run_at),
         };
-        let (seqs, kinds, payloads) = event_columns(c.expected_version + 1, &c.events)?;
+        let (seqs, kinds, payloads) = event_columns(c.expected_version + 1, &c.events);
         let a_call_seq: Vec<i64> = c.attempts.iter().map(|a| a.call_seq).collect();
         let a_attempt: Vec<i32> = c.attempts.iter().map(|a| a.attempt as i32).collect();
         let a_name: Vec<&str> = c
@@ -177,11 +176,11 @@ impl PgStore {
             .map(|a| a.worker_id.map(|w| w.0))
             .collect();
         let a_outcome: Vec<&str> = c.attempts.iter().map(|a| a.outcome.as_str()).collect();
-        let a_error = c
+        let a_error: Vec<Option<Json<&ActivityError>>> = c
             .attempts
             .iter()
-            .map(|a| a.error.as_ref().map(to_json).transpose())
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|a| a.error.as_ref().map(Json))
+            .collect();
         let a_started: Vec<Option<DateTime<Utc>>> =
             c.attempts.iter().map(|a| a.started_at).collect();
         let a_duration: Vec<Option<i64>> = c.attempts.iter().map(|a| a.duration_ms).collect();
@@ -238,9 +237,9 @@ impl PgStore {
         .bind(c.expected_version)
         .bind(c.status.as_str())
         .bind(&c.state)
-        .bind(to_json(&c.pending)?)
+        .bind(Json(&c.pending))
         .bind(&c.output)
-        .bind(c.error.as_ref().map(to_json).transpose()?)
+        .bind(c.error.as_ref().map(Json))
         .bind(new_version)
         .bind(c.next_call_seq)
         .bind(c.cancel_requested)
@@ -329,9 +328,9 @@ impl PgStore {
             c.status.push(new.status.as_str());
             c.input.push(&new.input);
             c.state.push(&new.state);
-            c.pending.push(to_json(&new.pending)?);
+            c.pending.push(Json(&new.pending));
             c.output.push(new.output.as_ref());
-            c.error.push(new.error.as_ref().map(to_json).transpose()?);
+            c.error.push(new.error.as_ref().map(Json));
             c.version.push(new.events.len() as i64);
             c.next_call_seq.push(new.next_call_seq);
             c.run_at.push(new.run_at);
@@ -342,7 +341,7 @@ impl PgStore {
                 c.e_id.push(new.id.0);
                 c.e_seq.push(1 + i as i64);
                 c.e_kind.push(e.name());
-                c.e_payload.push(to_json(e)?);
+                c.e_payload.push(Json(e));
             }
         }
         // The same statement as `insert_workflow`, over rows; one wake-up hint for the rows
@@ -467,9 +466,9 @@ impl PgStore {
             w.expected.push(c.expected_version);
             w.status.push(c.status.as_str());
             w.state.push(&c.state);
-            w.pending.push(to_json(&c.pending)?);
+            w.pending.push(Json(&c.pending));
             w.output.push(c.output.as_ref());
-            w.error.push(c.error.as_ref().map(to_json).transpose()?);
+            w.error.push(c.error.as_ref().map(Json));
             w.new_version
                 .push(c.expected_version + c.events.len() as i64);
             w.next_call_seq.push(c.next_call_seq);
@@ -486,7 +485,7 @@ impl PgStore {
                 w.e_ord.push(ord);
                 w.e_seq.push(c.expected_version + 1 + i as i64);
                 w.e_kind.push(e.name());
-                w.e_payload.push(to_json(e)?);
+                w.e_payload.push(Json(e));
             }
             for a in &c.attempts {
                 w.a_ord.push(ord);
@@ -495,7 +494,7 @@ impl PgStore {
                 w.a_name.push(a.activity_name.as_str());
                 w.a_worker.push(a.worker_id.map(|x| x.0));
                 w.a_outcome.push(a.outcome.as_str());
-                w.a_error.push(a.error.as_ref().map(to_json).transpose()?);
+                w.a_error.push(a.error.as_ref().map(Json));
                 w.a_started.push(a.started_at);
                 w.a_duration.push(a.duration_ms);
             }
@@ -632,9 +631,9 @@ struct CreateColumns<'a> {
     status: Vec<&'a str>,
     input: Vec<&'a serde_json::Value>,
     state: Vec<&'a serde_json::Value>,
-    pending: Vec<serde_json::Value>,
+    pending: Vec<Json<&'a Pending>>,
     output: Vec<Option<&'a serde_json::Value>>,
-    error: Vec<Option<serde_json::Value>>,
+    error: Vec<Option<Json<&'a WorkflowError>>>,
     version: Vec<i64>,
     next_call_seq: Vec<i64>,
     run_at: Vec<Option<DateTime<Utc>>>,
@@ -644,7 +643,7 @@ struct CreateColumns<'a> {
     e_id: Vec<Uuid>,
     e_seq: Vec<i64>,
     e_kind: Vec<&'a str>,
-    e_payload: Vec<serde_json::Value>,
+    e_payload: Vec<Json<&'a EventKind>>,
 }
 
 /// The parameter arrays of a batched step commit: one entry per commit (`ord` = its position),
@@ -658,9 +657,9 @@ struct BatchColumns<'a> {
     expected: Vec<i64>,
     status: Vec<&'a str>,
     state: Vec<&'a serde_json::Value>,
-    pending: Vec<serde_json::Value>,
+    pending: Vec<Json<&'a Pending>>,
     output: Vec<Option<&'a serde_json::Value>>,
-    error: Vec<Option<serde_json::Value>>,
+    error: Vec<Option<Json<&'a WorkflowError>>>,
     new_version: Vec<i64>,
     next_call_seq: Vec<i64>,
     cancel_requested: Vec<bool>,
@@ -675,14 +674,14 @@ struct BatchColumns<'a> {
     e_ord: Vec<i32>,
     e_seq: Vec<i64>,
     e_kind: Vec<&'a str>,
-    e_payload: Vec<serde_json::Value>,
+    e_payload: Vec<Json<&'a EventKind>>,
     a_ord: Vec<i32>,
     a_call_seq: Vec<i64>,
     a_attempt: Vec<i32>,
     a_name: Vec<&'a str>,
     a_worker: Vec<Option<Uuid>>,
     a_outcome: Vec<&'a str>,
-    a_error: Vec<Option<serde_json::Value>>,
+    a_error: Vec<Option<Json<&'a ActivityError>>>,
     a_started: Vec<Option<DateTime<Utc>>>,
     a_duration: Vec<Option<i64>>,
     s_ord: Vec<i32>,
@@ -762,18 +761,15 @@ fn access_token(row: &PgRow) -> Result<AccessToken, StoreError> {
     })
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
-    serde_json::to_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
 /// The columns of `events` rows for `unnest`: seqs from `first_seq`, kinds, payloads.
-type EventColumns<'a> = (Vec<i64>, Vec<&'a str>, Vec<serde_json::Value>);
+/// Payloads are serialized straight into the statement (no `serde_json::Value` copy).
+type EventColumns<'a> = (Vec<i64>, Vec<&'a str>, Vec<Json<&'a EventKind>>);
 
-fn event_columns(first_seq: i64, events: &[EventKind]) -> Result<EventColumns<'_>, StoreError> {
+fn event_columns(first_seq: i64, events: &[EventKind]) -> EventColumns<'_> {
     let seqs = (0..events.len() as i64).map(|i| first_seq + i).collect();
     let kinds = events.iter().map(EventKind::name).collect();
-    let payloads = events.iter().map(to_json).collect::<Result<Vec<_>, _>>()?;
-    Ok((seqs, kinds, payloads))
+    let payloads = events.iter().map(Json).collect();
+    (seqs, kinds, payloads)
 }
 
 /// The conditions of a [`ListFilter`] but status and cursor, on parameters `$1..=$7`
