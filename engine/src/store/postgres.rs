@@ -447,7 +447,7 @@ impl PgStore {
         batch: &[StepCommit],
     ) -> Result<Vec<Result<Committed, StoreError>>, StoreError> {
         let n = batch.len();
-        let mut w = BatchColumns::with_capacity(n);
+        let mut w = BatchColumns::default();
         // Rows go in (and are locked) in id order, as lease renewals lock them, so two writers
         // never wait on each other in a cycle; `ord` keeps each commit's place for its answer.
         let mut by_id: Vec<usize> = (0..n).collect();
@@ -561,7 +561,7 @@ impl PgStore {
                 join fenced f on f.ord = c.ord
                 where s.workflow_id = f.id and s.seq = c.seq and s.consumed_at is null
              )
-             select ord, signal_seq, now() as db_now from fenced",
+             select ord, new_version, signal_seq, now() as db_now from fenced",
         )
         .bind(&w.ord)
         .bind(&w.id)
@@ -610,9 +610,8 @@ impl PgStore {
                     "batched commit answered for position {ord}"
                 )));
             };
-            let c = &batch[ord as usize];
             *slot = Ok(Committed {
-                version: c.expected_version + c.events.len() as i64,
+                version: row.try_get("new_version")?,
                 signal_seq: row.try_get("signal_seq")?,
                 db_now: row.try_get("db_now")?,
             });
@@ -686,15 +685,6 @@ struct BatchColumns<'a> {
     a_duration: Vec<Option<i64>>,
     s_ord: Vec<i32>,
     s_seq: Vec<i64>,
-}
-
-impl BatchColumns<'_> {
-    fn with_capacity(n: usize) -> Self {
-        let mut c = Self::default();
-        c.ord.reserve(n);
-        c.e_ord.reserve(3 * n);
-        c
-    }
 }
 
 /// The lease of a workflow created leased to a local worker, from its inserted row (with
