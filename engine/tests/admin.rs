@@ -196,7 +196,19 @@ async fn the_feed_delivers_every_event_once_in_order(db: Backend) -> anyhow::Res
     let old = start(&engine, "before-the-feed", Some("a")).await?;
 
     let mut feed = EventFeed::open(store.clone()).await?;
-    let opened_at = feed.settled();
+    // The opening is unsettled while any transaction of the cluster that was in flight at the
+    // opening still runs (other tests' included): wait for it, so the range read below has a
+    // known start.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while feed.settled().is_none() {
+        assert!(feed.poll(100).await?.is_empty(), "nothing was written yet");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the opening settles"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let opened_at = feed.settled().expect("settled");
     let first = engine
         .start("test.chain", None, json!({ "steps": 0, "sleep_ms": 0 }))
         .await?
@@ -245,7 +257,7 @@ async fn the_feed_delivers_every_event_once_in_order(db: Backend) -> anyhow::Res
     assert_eq!(head, *gids.last().expect("events"));
 
     // The same events read back by range, all or per workflow; and a resumed read.
-    let from = opened_at.unwrap_or(0);
+    let from = opened_at;
     let all = engine.feed_events(from, head, None, 1000).await?;
     assert_eq!(all, got);
     let second_only = engine.feed_events(from, head, Some(second), 1000).await?;
