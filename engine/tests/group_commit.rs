@@ -2,9 +2,9 @@
 //! statement and one transaction, and each keeps its own fence. A commit whose lease or version
 //! no longer matches is refused (`Fenced`) and writes nothing, while the rest of its batch
 //! commits; a batch the database refuses as a whole is retried commit by commit, so a bad
-//! commit fails alone.
+//! commit fails alone. Fences look their rows up by primary key, whatever plan is cached.
 
-use engine::store::{Committed, LeaseAfter, NewAttempt, NewWorkflow, StepCommit};
+use engine::store::{Committed, LeaseAfter, LeaseRenewal, NewAttempt, NewWorkflow, StepCommit};
 use engine::{
     AttemptOutcome, Cause, EventKind, GroupCommit, Pending, PgStore, Status, Store, StoreError,
     WorkerId, WorkflowId,
@@ -417,5 +417,71 @@ async fn callers_that_go_away_take_no_batch_slot_with_them(pool: PgPool) -> anyh
     .await
     .map_err(|_| anyhow::anyhow!("a commit after aborted callers waited 10 s: slot lost"))??;
     assert_eq!(done.version, first_version(i) + 2);
+    Ok(())
+}
+
+/// Index scans of `workflows`' primary key and of `workflows_lease_owner`, once at least
+/// `at_least` have been reported: a session's counters reach the statistics when it ends.
+async fn workflow_index_scans(pool: &PgPool, at_least: i64) -> anyhow::Result<(i64, i64)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (pkey, lease_owner): (i64, i64) = sqlx::query_as(
+            "select coalesce(sum(idx_scan) filter (where indexrelname = 'workflows_pkey'), 0)::bigint,
+                    coalesce(sum(idx_scan) filter (where indexrelname = 'workflows_lease_owner'), 0)::bigint
+             from pg_stat_user_indexes where schemaname = 'kodomasu'",
+        )
+        .fetch_one(pool)
+        .await?;
+        if pkey + lease_owner >= at_least {
+            return Ok((pkey, lease_owner));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {pkey} + {lease_owner} index scans of workflows reported, expected {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A fence finds its row by primary key, never through `workflows_lease_owner`: a plan that
+/// does walks every entry the worker ever left in that index, dead versions included, so each
+/// commit got slower with every workflow the worker had run. The statements are prepared while
+/// the table is new and small, where a generic plan would otherwise pick that index, and run
+/// more than five times on one connection, so the generic plan is the one in use.
+#[sqlx::test(migrations = false)]
+async fn fences_find_their_row_by_primary_key(pool: PgPool) -> anyhow::Result<()> {
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await?;
+    let store = PgStore::new(one.clone());
+    store.migrate().await?;
+    let worker = WorkerId::new();
+    let ids = leased(&store, worker, 20).await?;
+    for (i, id) in ids.iter().enumerate() {
+        store.commit(step(*id, worker, 1, i)).await?;
+    }
+    let leases: Vec<LeaseRenewal> = ids
+        .iter()
+        .map(|id| LeaseRenewal {
+            id: *id,
+            epoch: 1,
+            heartbeat: None,
+        })
+        .collect();
+    for _ in 0..8 {
+        let renewed = store.renew_leases(worker, TTL, &leases).await?;
+        assert_eq!(renewed.len(), ids.len());
+    }
+    for id in &ids {
+        store.release_leases(worker, &[(*id, 1)]).await?;
+    }
+    one.close().await;
+
+    let (by_pkey, by_lease_owner) = workflow_index_scans(&pool, 20).await?;
+    assert_eq!(
+        by_lease_owner, 0,
+        "fences looked rows up through workflows_lease_owner ({by_pkey} by primary key)"
+    );
     Ok(())
 }

@@ -190,6 +190,11 @@ impl PgStore {
         // so a fenced commit writes nothing and returns no row. While the lease is kept,
         // `run_at` keeps its value so a workflow recovered after a crash keeps its place in
         // the queue. Events get seq = expected_version + 1.. (gapless, = the version produced).
+        // The row is found by its primary key alone: the lease owner is compared with
+        // `is not distinct from`, which no index serves. With `=`, a generic plan made while the
+        // table was small (a new database) may look the row up through `workflows_lease_owner`
+        // and then walk every entry this worker ever left there: dead versions included, 1500
+        // buffers a step after 3000 workflows (docs/benchmarks.md, change 10).
         let row = sqlx::query(
             "with fenced as (
                 update kodomasu.workflows set
@@ -207,7 +212,7 @@ impl PgStore {
                                         else heartbeat_at end,
                     finished_at = case when $19 then coalesce(finished_at, now()) end,
                     updated_at = now()
-                where id = $1 and lease_owner = $2 and lease_epoch = $3 and version = $4
+                where id = $1 and lease_owner is not distinct from $2 and lease_epoch = $3 and version = $4
                 returning id, signal_seq, now() as db_now
              ),
              new_events as (
@@ -535,8 +540,8 @@ impl PgStore {
                     finished_at = case when i.terminal then coalesce(w.finished_at, now()) end,
                     updated_at = now()
                 from input i
-                where w.id = i.id and w.lease_owner = i.worker and w.lease_epoch = i.epoch
-                  and w.version = i.expected_version
+                where w.id = i.id and w.lease_owner is not distinct from i.worker
+                  and w.lease_epoch = i.epoch and w.version = i.expected_version
                 returning i.ord, w.id, i.new_version, w.signal_seq
              ),
              new_events as (
@@ -1159,6 +1164,8 @@ impl Store for PgStore {
                 })
             })
             .collect();
+        // By primary key, as in `commit_one` (`is not distinct from` keeps plans off the
+        // lease-owner index).
         let rows = sqlx::query(
             "update kodomasu.workflows w
              set lease_expires_at = now() + make_interval(secs => $2),
@@ -1168,7 +1175,7 @@ impl Store for PgStore {
                  heartbeat_at = case when $5::jsonb -> w.id::text -> 'call_seq' = w.pending -> 'call_seq'
                                      then now() else w.heartbeat_at end
              from unnest($3::uuid[], $4::bigint[]) as l(id, epoch)
-             where w.id = l.id and w.lease_owner = $1 and w.lease_epoch = l.epoch
+             where w.id = l.id and w.lease_owner is not distinct from $1 and w.lease_epoch = l.epoch
              returning w.id, exists (
                 select 1 from kodomasu.signals s
                 where s.workflow_id = w.id and s.consumed_at is null and s.name = 'cancel'
@@ -1209,7 +1216,7 @@ impl Store for PgStore {
         sqlx::query(
             "update kodomasu.workflows w set lease_owner = null, lease_expires_at = null
              from unnest($2::uuid[], $3::bigint[]) as l(id, epoch)
-             where w.id = l.id and w.lease_owner = $1 and w.lease_epoch = l.epoch",
+             where w.id = l.id and w.lease_owner is not distinct from $1 and w.lease_epoch = l.epoch",
         )
         .bind(worker)
         .bind(&ids)
