@@ -247,3 +247,56 @@ async fn local_start_hands_the_workflow_to_a_local_worker(
     db.finish(true).await;
     Ok(())
 }
+
+/// The watchers' long waits pin no old snapshot: a blocked statement keeps its snapshot, and
+/// while it does PostgreSQL keeps every row version of the database that died after it, so
+/// claims walk ever more dead index entries. One watcher sleeps (alone, then in a ring of two
+/// it waits on its peer's lock): each must move its snapshot past a transaction committed
+/// after the waits began.
+#[sqlx::test(migrations = false)]
+async fn watchers_hold_no_old_snapshot_while_they_wait(pool: sqlx::PgPool) -> anyhow::Result<()> {
+    let db = Backend::postgres(pool.clone()).await;
+    let store = db.store();
+    let workers = [
+        Worker::new(store.clone(), Registry::new(), long_lease(1)).spawn(),
+        Worker::new(store.clone(), Registry::new(), long_lease(1)).spawn(),
+    ];
+    // Both watchers in their wait (a statement that has been running for a moment).
+    wait_for("both watchers to wait", || {
+        let pool = pool.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity
+                 where datname = current_database() and application_name = 'kodomasu-watch'
+                   and state = 'active'
+                   and query_start < now() - interval '300 milliseconds'",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (waiting == 2).then_some(())
+        }
+    })
+    .await;
+    // The 32-bit xid, as `backend_xmin` shows it.
+    let after: i64 = sqlx::query_scalar("select txid_current() % 4294967296")
+        .fetch_one(&pool)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let pinned: Vec<(String, Option<String>)> = sqlx::query_as(
+        "select query, backend_xmin::text from pg_stat_activity
+         where datname = current_database() and application_name = 'kodomasu-watch'
+           and backend_xmin is not null and backend_xmin::text::bigint <= $1",
+    )
+    .bind(after)
+    .fetch_all(&pool)
+    .await?;
+    assert!(
+        pinned.is_empty(),
+        "watchers pin snapshots older than xid {after}: {pinned:?}"
+    );
+    for worker in workers {
+        worker.shutdown().await?;
+    }
+    Ok(())
+}

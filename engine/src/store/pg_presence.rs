@@ -155,15 +155,19 @@ impl PgPresence {
         .fetch_optional(&mut self.watcher)
         .await?;
         let Some(peer) = successor else {
-            // Alone: sleep in a cancellable statement, so a joining worker can wake us.
-            sqlx::query("select pg_sleep($1)")
+            // Alone: sleep in a cancellable statement, so a joining worker can wake us; in
+            // slices, so that the wait pins no old snapshot (see the migration that adds it).
+            sqlx::query("call kodomasu.sleep_in_slices($1)")
                 .bind(WATCH_RECHECK.as_secs_f64())
                 .execute(&mut self.watcher)
                 .await?;
             return Ok(None);
         };
-        sqlx::query("select pg_advisory_lock($1)")
+        // Blocks until the peer's session ends, in slices that pin no old snapshot; fails with
+        // 55P03 after WATCH_RECHECK, as a plain lock wait under `lock_timeout` would.
+        sqlx::query("call kodomasu.await_advisory_lock($1, $2)")
             .bind(presence_key(peer))
+            .bind(WATCH_RECHECK.as_secs_f64())
             .execute(&mut self.watcher)
             .await?;
         // Its session ended. Let go, so that a live peer whose sessions were merely cut can take
