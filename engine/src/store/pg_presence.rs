@@ -78,9 +78,11 @@ impl PgPresence {
                 "the presence lock of worker {me} is already held by another session"
             )));
         }
+        // Its statements wait by design (up to WATCH_RECHECK): not sqlx's "slow statement".
         let mut watcher = options
             .clone()
             .application_name(WATCH_APP)
+            .disable_statement_logging()
             .connect()
             .await?;
         let timeout_ms = WATCH_RECHECK.as_millis().to_string();
