@@ -5,12 +5,17 @@
 //! connection is reset), PostgreSQL ends that session at once and the lock is free.
 //!
 //! Workers form a ring ordered by (started_at, id): each one blocks on a second dedicated
-//! connection (the *watcher*) in `pg_advisory_lock(<key of its successor>)`. The call returns the
-//! moment the successor's session ends; the watcher then reports the death, and the worker pool
-//! expires the dead worker's leases and wakes everyone ([`super::Store::reap_worker`]).
-//! A blocked lock wait sends no queries: an idle ring costs one re-check per
-//! [`WATCH_RECHECK`]. A worker that joins cancels its predecessor's wait so that it is watched
-//! from its first second.
+//! connection (the *watcher*) in `call kodomasu.await_advisory_lock(<key of its successor>, …)`,
+//! which takes the successor's lock. The call returns the moment the successor's session ends;
+//! the watcher then reports the death, and the worker pool expires the dead worker's leases and
+//! wakes everyone ([`super::Store::reap_worker`]). A blocked wait sends no queries: an idle ring
+//! costs one re-check per [`WATCH_RECHECK`]. A worker that joins cancels its predecessor's wait
+//! so that it is watched from its first second.
+//!
+//! The waits (that one, and the sleep of a worker alone) are procedures that wait in slices of
+//! at most a second and commit in between, instead of one long statement: a statement that
+//! blocks keeps its snapshot, and an old snapshot stops PostgreSQL from removing any row version
+//! of the database that died after it (migration `20261203000002`, docs/benchmarks.md).
 //!
 //! The lease stays the fallback for what this cannot see: a frozen process (SIGSTOP) or a network
 //! partition keeps its session, so its workflows move when its lease runs out. A false alarm
